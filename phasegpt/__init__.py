@@ -1,0 +1,13 @@
+"""phasegpt: why does a local LLM refuse? Verdicts from an activation tap, in the same MLX pass."""
+
+# Must run before anything imports mlx.core: an optimized BLAS only takes effect if its
+# symbols are in the global scope when MLX's library is first loaded (Linux only).
+from phasegpt import blas as _blas
+
+_blas.ensure()
+
+from phasegpt.verdict import LABELS, Result, Verdict  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = ["LABELS", "Result", "Verdict", "__version__"]
