@@ -141,3 +141,28 @@ class Result:
         d = asdict(self)
         d["verdict"] = self.verdict.to_dict() if self.verdict else None
         return d
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One item of ``Model.stream``: the first carries the verdict (and no text), the rest text.
+
+    Attributes:
+        text: the next piece of generated text ("" in the verdict chunk).
+        verdict: the verdict (first chunk only; None after, or when there is no head).
+        token: the generated token id (None in the verdict chunk).
+        prompt_tokens: tokens in the formatted prompt.
+        generation_tokens: tokens generated so far.
+        prompt_tps: prefill tokens per second.
+        generation_tps: decode tokens per second so far.
+        finish_reason: None while generating, then ``"stop"``, ``"length"`` or ``"refusal"``.
+    """
+
+    text: str
+    verdict: Verdict | None
+    token: int | None
+    prompt_tokens: int
+    generation_tokens: int
+    prompt_tps: float
+    generation_tps: float
+    finish_reason: str | None

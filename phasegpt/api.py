@@ -1,0 +1,325 @@
+"""The object ``phasegpt.load`` returns: classify, generate and stream with a verdict from the same pass.
+
+``stream`` is the core: it runs mlx-lm's ``stream_generate`` with the head's layers
+tapped; when the prefill is done (the first token is sampled) the tapped prompt states
+give the verdict, which is yielded before any text. ``generate`` is a thin loop over
+``stream``; ``classify`` runs prefill only, batched with right padding (causal
+attention means padding after a prompt cannot change its states).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+
+from phasegpt.head import Head
+from phasegpt.loading import LoadedModel
+from phasegpt.prompting import RAG_TEMPLATE, Context, content_span, prompt_tokens
+from phasegpt.tap import tapped
+from phasegpt.verdict import Chunk, Result, Verdict, parse_tag
+
+NO_HEAD = ("no head is loaded, so there is no verdict; pass head=<folder> to phasegpt.load "
+           "or train one with `phasegpt train-head`")
+EVIDENCE_WORDS = 3
+
+
+class Model:
+    """A loaded chat model with an optional refusal-reason head and audit log.
+
+    Build it with ``phasegpt.load``; the attributes ``loaded`` (model, tokenizer, config,
+    identity), ``head`` and ``audit`` are public for advanced use.
+    """
+
+    def __init__(self, loaded: LoadedModel, head: Head | None = None, *, audit: Any = None,
+                 template: str = RAG_TEMPLATE, system: str | None = None):
+        self.loaded, self.head, self.audit = loaded, head, audit
+        self.template, self.system = template, system
+        if head is not None:
+            head.check_base(name=loaded.name, fingerprint=loaded.fingerprint,
+                            hidden_size=int(loaded.config.get("hidden_size", 0)),
+                            adapter_sha256=loaded.adapter_sha256)
+        self._span = content_span(loaded.tokenizer)
+        self._max_tokens = int(loaded.config.get("max_position_embeddings") or 0)
+
+    @property
+    def name(self) -> str:
+        return self.loaded.name
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.loaded.tokenizer
+
+    def encode(self, prompt: str, context: Context = None) -> list[int]:
+        """Token ids of the chat prompt for ``prompt`` (and documents), with the length checked."""
+        ids = prompt_tokens(self.tokenizer, prompt, context, system=self.system, template=self.template)
+        if self._max_tokens and len(ids) > self._max_tokens:
+            raise ValueError(f"the prompt is {len(ids):,} tokens but {self.name} reads at most "
+                             f"{self._max_tokens:,}; shorten it or pass fewer documents")
+        return ids
+
+    # --- classify -----------------------------------------------------------------------
+    def classify(self, prompts: Sequence[str], *, contexts: Sequence[Context] | None = None,
+                 batch_size: int = 16, metadata: dict | None = None) -> list[Verdict]:
+        """Verdicts for many prompts, from prefill only (no tokens are generated).
+
+        Args:
+            prompts: the requests.
+            contexts: retrieved documents per prompt (None, a string, or a list), same length.
+            batch_size: prompts per forward pass.
+            metadata: free-form caller data written to the audit log with each record.
+
+        Returns:
+            One Verdict per prompt, in order.
+
+        Raises:
+            ValueError: no head, bad prompts or contexts.
+        """
+        if self.head is None:
+            raise ValueError(NO_HEAD)
+        if isinstance(prompts, str):
+            raise ValueError("classify takes a list of prompts; wrap a single prompt as [prompt]")
+        if contexts is None:
+            contexts = [None] * len(prompts)
+        if len(contexts) != len(prompts):
+            raise ValueError(f"got {len(prompts)} prompts but {len(contexts)} contexts; pass one context (or None) per prompt")
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        encoded = [self.encode(p, c) for p, c in zip(prompts, contexts)]
+        verdicts: list[Verdict | None] = [None] * len(encoded)
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # similar lengths pad less
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            t0 = time.perf_counter()
+            for i, v in zip(idx, self._classify_batch([encoded[i] for i in idx])):
+                verdicts[i] = v
+            per_item = (time.perf_counter() - t0) / len(idx)
+            for i in idx:
+                self._record(verdicts[i], prompts[i], contexts[i], None, per_item, metadata)
+        return verdicts  # type: ignore[return-value]
+
+    def features(self, batch: list[list[int]]) -> tuple[mx.array, dict[int, mx.array], mx.array]:
+        """Pooled head features (B, F), tapped states and lengths for one batch of token lists."""
+        head = self.head
+        lengths = mx.array([len(t) for t in batch])
+        width = max(len(t) for t in batch)
+        pad = self.tokenizer.pad_token_id or 0
+        x = mx.array([t + [pad] * (width - len(t)) for t in batch])  # (B, T), right-padded
+        with tapped(self.loaded.model, head.config.layers, budget=width) as taps:
+            self.loaded.model(x)  # lazy: only the tapped layers get computed below
+            hidden = taps.hidden()
+        feats = head.pool(hidden, lengths, self._span)
+        return feats, hidden, lengths
+
+    def _classify_batch(self, batch: list[list[int]]) -> list[Verdict]:
+        feats, hidden, _ = self.features(batch)
+        probs = self.head.probs(feats)
+        mx.eval(probs, hidden)
+        out = []
+        for b, ids in enumerate(batch):
+            one = {k: h[b:b + 1, :len(ids)] for k, h in hidden.items()}
+            out.append(self._verdict(probs[b], one, ids))
+        return out
+
+    def _verdict(self, probs: mx.array, hidden: dict[int, mx.array], ids: list[int]) -> Verdict:
+        head = self.head
+        labels = head.config.labels
+        label = head.decide(probs[None])[0]
+        p = dict(zip(labels, probs.tolist()))
+        return Verdict(
+            label=label, probs=p, confidence=p[label], evidence=self._evidence(hidden, ids, labels.index(label)),
+            layers=tuple(head.config.layers), source="head", model=self.loaded.name,
+            model_fingerprint=self.loaded.fingerprint, head_sha256=head.sha256,
+            adapter_sha256=self.loaded.adapter_sha256, thresholds=dict(head.config.thresholds),
+        )
+
+    def _evidence(self, hidden: dict[int, mx.array], ids: list[int], k: int) -> tuple[str, ...]:
+        """The user's words where the head, applied per position, leans hardest towards class k."""
+        pre, post = self._span
+        z = self.head.logits(self.head.per_position(hidden)) / self.head.config.temperature  # (T, C)
+        score = (z[:, k] - mx.logsumexp(z, axis=-1)).tolist()  # log p_t(k)
+        words = _words(self.tokenizer, ids, pre, len(ids) - post)
+        ranked = sorted(words, key=lambda w: -max(score[i] for i in w[1]))
+        seen, out = set(), []
+        for text, _ in ranked:
+            if text.lower() not in seen:
+                seen.add(text.lower())
+                out.append(text)
+            if len(out) == EVIDENCE_WORDS:
+                break
+        return tuple(out)
+
+    # --- generate / stream --------------------------------------------------------------
+    def stream(self, prompt: str, *, context: Context = None, max_tokens: int = 256, temp: float = 0.0,
+               top_p: float = 1.0, seed: int | None = None, stop_on_refusal: bool = False,
+               metadata: dict | None = None) -> Iterator[Chunk]:
+        """Yield the verdict chunk first, then one chunk per generated token.
+
+        Args:
+            prompt: the request.
+            context: retrieved documents (a string, a dict with ``id``/``text``, or a list).
+            max_tokens: most tokens to generate.
+            temp: sampling temperature (0 = greedy).
+            top_p: nucleus sampling threshold.
+            seed: random seed for sampling.
+            stop_on_refusal: stop after the verdict chunk when it is a refusal.
+            metadata: free-form caller data for the audit log.
+        """
+        from mlx_lm import stream_generate
+        from mlx_lm.sample_utils import make_sampler
+
+        ids = self.encode(prompt, context)
+        if seed is not None:
+            mx.random.seed(seed)
+        t0 = time.perf_counter()
+        layers = self.head.config.layers if self.head else ()
+        text, verdict, finish, n = "", None, None, 0
+        try:
+            with tapped(self.loaded.model, layers, budget=len(ids)) as taps:
+                gen = stream_generate(self.loaded.model, self.tokenizer, ids, max_tokens=max_tokens,
+                                      sampler=make_sampler(temp=temp, top_p=top_p))
+                first = next(gen)  # prefill done, first token sampled
+                if self.head is not None:
+                    hidden = taps.hidden()
+                    feats = self.head.pool(hidden, mx.array([len(ids)]), self._span)
+                    verdict = self._verdict(self.head.probs(feats)[0], hidden, ids)
+            verdict_seconds = time.perf_counter() - t0
+            stop = stop_on_refusal and verdict is not None and verdict.refusal
+            yield Chunk("", verdict, None, len(ids), 0, first.prompt_tps, 0.0, "refusal" if stop else None)
+            if stop:
+                finish = "refusal"
+                gen.close()
+                return
+            for r in [first] if first.finish_reason else _chain(first, gen):
+                text += r.text
+                n = r.generation_tokens
+                finish = r.finish_reason
+                yield Chunk(r.text, None, r.token, len(ids), n, r.prompt_tps, r.generation_tps, r.finish_reason)
+        finally:
+            self._last_timing = locals().get("verdict_seconds", 0.0)
+            if verdict is not None or self.head is None:
+                final = self._with_tag(verdict, text)
+                self._last_verdict = final
+                self._record(final, prompt, context, text, time.perf_counter() - t0, metadata,
+                             finish or "abandoned")
+
+    def generate(self, prompt: str, *, context: Context = None, max_tokens: int = 256, temp: float = 0.0,
+                 top_p: float = 1.0, seed: int | None = None, stop_on_refusal: bool = False,
+                 metadata: dict | None = None) -> Result:
+        """Generate a response and the verdict for it (a loop over ``stream``).
+
+        Returns:
+            Result with the text, the verdict (with any typed tag found in the text),
+            token counts and timings.
+        """
+        text, first, last = "", None, None
+        for chunk in self.stream(prompt, context=context, max_tokens=max_tokens, temp=temp, top_p=top_p,
+                                 seed=seed, stop_on_refusal=stop_on_refusal, metadata=metadata):
+            first = first or chunk
+            text += chunk.text
+            last = chunk
+        return Result(text=text, verdict=self._last_verdict, prompt_tokens=first.prompt_tokens,
+                      generation_tokens=last.generation_tokens, verdict_seconds=self._last_timing,
+                      prompt_tps=last.prompt_tps or first.prompt_tps, generation_tps=last.generation_tps,
+                      finish_reason=last.finish_reason or "stop")
+
+    def _with_tag(self, verdict: Verdict | None, text: str) -> Verdict | None:
+        tag = parse_tag(text)
+        if tag is None:
+            return verdict
+        if verdict is not None:
+            return replace(verdict, tag=tag)
+        if tag.label is None:
+            return None
+        return Verdict(label=tag.label, probs={tag.label: 1.0}, confidence=1.0, tag=tag, source="tag",
+                       model=self.loaded.name, model_fingerprint=self.loaded.fingerprint,
+                       adapter_sha256=self.loaded.adapter_sha256)
+
+    def _record(self, verdict: Verdict | None, prompt: str, context: Context, response: str | None,
+                duration: float, metadata: dict | None, finish: str | None = None) -> None:
+        if self.audit is None or verdict is None:
+            return
+        meta = dict(metadata or {})
+        if finish:
+            meta.setdefault("finish_reason", finish)
+        docs = None if context is None else ([context] if isinstance(context, (str, dict)) else list(context))
+        self.audit.record(verdict, prompt=prompt, contexts=docs, response=response,
+                          source=getattr(self, "source", "api"), duration=duration, metadata=meta)
+
+
+def _chain(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
+    yield first
+    yield from rest
+
+
+def _words(tokenizer: Any, ids: list[int], start: int, end: int) -> list[tuple[str, list[int]]]:
+    """Group token positions [start, end) into words: (text, positions); punctuation is dropped."""
+    pieces = tokenizer.convert_ids_to_tokens(ids[start:end])
+    groups: list[list[int]] = []
+    for pos, piece in zip(range(start, end), pieces):
+        piece = piece or ""
+        starts_word = piece[:1] in ("Ġ", "▁", "Ċ", " ") or not groups or not piece.isalnum()
+        if starts_word:
+            groups.append([pos])
+        else:
+            groups[-1].append(pos)
+    out = []
+    for g in groups:
+        text = tokenizer.decode([ids[i] for i in g]).strip()
+        if any(ch.isalnum() for ch in text):
+            out.append((text.strip(".,;:!?\"'()[]"), g))
+    return out
+
+
+def default_head_dir() -> Path:
+    """The head shipped for the embedded default model (adapters/smollm2-135m)."""
+    import sys
+
+    here = Path(__file__).resolve().parents[1] / "adapters" / "smollm2-135m"
+    if here.is_dir():
+        return here
+    return Path(sys.prefix) / "share" / "phasegpt" / "adapters" / "smollm2-135m"
+
+
+def load(model: str | Path | None = None, *, adapter: str | Path | None = None, head: str | Path | None = None,
+         dtype: str = "auto", fuse: bool = False, audit: Any = None, template: str = RAG_TEMPLATE,
+         system: str | None = None) -> Model:
+    """Load a chat model, optionally with a LoRA adapter, a refusal-reason head and an audit log.
+
+    Args:
+        model: an mlx-lm folder, a Hugging Face repo id, or a ``.gguf`` file. None loads the
+            embedded default: the packaged SmolLM2-135M-Instruct with its shipped head.
+        adapter: an mlx-lm LoRA adapter folder. If it also holds ``head.json``, that head is used.
+        head: a head folder (``head.json`` + ``head.safetensors``).
+        dtype: weight dtype policy, see ``loading.load_model``.
+        fuse: merge the adapter into unquantized weights.
+        audit: an ``AuditLog``, or True for the default log at ``$PHASEGPT_HOME/audit.db``.
+        template: the RAG template (``{documents}`` and ``{question}``).
+        system: an optional system message.
+
+    Returns:
+        A Model with ``classify``, ``generate`` and ``stream``.
+    """
+    from phasegpt.hub import smollm2_gguf
+    from phasegpt.loading import load_model
+
+    if model is None:
+        model = smollm2_gguf()
+        shipped = default_head_dir()
+        if head is None and adapter is None and (shipped / "head.json").is_file():
+            if (shipped / "adapter_config.json").is_file():
+                adapter = shipped
+            head = shipped
+    elif head is None and adapter is not None and (Path(adapter) / "head.json").is_file():
+        head = adapter
+    loaded = load_model(model, adapter=adapter, dtype=dtype, fuse=fuse)
+    if audit is True:
+        from phasegpt.audit import AuditLog
+
+        audit = AuditLog()
+    return Model(loaded, Head.load(head) if head is not None else None, audit=audit or None,
+                 template=template, system=system)

@@ -1,0 +1,183 @@
+"""The refusal-reason head: a small classifier on tapped residual-stream features.
+
+features  = concat over layers of pooled hidden states (last prompt token and/or the
+            mean over the user's own tokens), standardised with training mean/std
+logits    = linear (W, b) or a one-hidden-layer MLP over the features
+probs     = softmax(logits / temperature)          (temperature fitted on dev data)
+label     = argmax(probs - thresholds)             (per-class offsets, 0 = plain argmax)
+
+A head is a folder artifact: ``head.safetensors`` (arrays) beside ``head.json``
+(everything else, including the base model's name and fingerprint and the SHA-256 of
+the weights file). Loading a head onto another base model raises MismatchError.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+
+from phasegpt.errors import MismatchError, ModelLoadError
+from phasegpt.verdict import LABELS
+
+POOLINGS = ("last", "mean", "last+mean")
+WEIGHTS, CONFIG = "head.safetensors", "head.json"
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """Everything about a head except its arrays (stored as ``head.json``)."""
+
+    layers: tuple[int, ...]                 # blocks whose output is tapped
+    pooling: str = "last+mean"              # one of POOLINGS
+    kind: str = "linear"                    # "linear" or "mlp"
+    labels: tuple[str, ...] = LABELS        # column order of the logits
+    temperature: float = 1.0                # divides logits; fitted on the dev split
+    thresholds: dict[str, float] = field(default_factory=lambda: {k: 0.0 for k in LABELS})
+    base_model: str = ""                    # name of the model the head was trained on
+    base_fingerprint: str = ""              # loading.fingerprint_model of that model
+    adapter_sha256: str | None = None       # adapter the features were taken with, if any
+    hidden_size: int = 0                    # residual width of the base model
+    weights_sha256: str = ""                # SHA-256 of head.safetensors, checked on load
+    metrics: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)  # data, seed, command
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> HeadConfig:
+        """Build from a dict, ignoring keys this version does not know."""
+        known = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in known}
+        for k in ("layers", "labels"):
+            if k in kw:
+                kw[k] = tuple(kw[k])
+        return cls(**kw)
+
+
+class Head:
+    """A trained head: config plus arrays ``mean``, ``std``, ``w``, ``b`` (and ``w1``, ``b1`` for MLPs)."""
+
+    def __init__(self, config: HeadConfig, params: dict[str, mx.array]):
+        if config.pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {config.pooling!r}; choose one of {POOLINGS}")
+        self.config = config
+        self.params = params
+
+    # --- features ---------------------------------------------------------------------
+    def pool(self, hidden: dict[int, mx.array], lengths: mx.array, span: tuple[int, int]) -> mx.array:
+        """Pooled features (B, F) from tapped hidden states {layer: (B, T, D)} of right-padded prompts.
+
+        Args:
+            hidden: the tap's output per layer.
+            lengths: (B,) real length of each prompt (positions past it are padding).
+            span: template tokens before and after the user content (prompting.content_span).
+        """
+        pre, post = span
+        parts = []
+        for layer in self.config.layers:
+            h = hidden[layer].astype(mx.float32)  # (B, T, D)
+            B, T, D = h.shape
+            if "last" in self.config.pooling.split("+"):
+                idx = (lengths - 1).reshape(B, 1, 1)
+                parts.append(mx.take_along_axis(h, idx, axis=1)[:, 0])  # (B, D)
+            if "mean" in self.config.pooling.split("+"):
+                pos = mx.arange(T)[None]  # (1, T)
+                end = mx.maximum(lengths - post, pre + 1)[:, None]  # at least one token
+                m = ((pos >= pre) & (pos < end)).astype(mx.float32)[..., None]  # (B, T, 1)
+                parts.append((h * m).sum(axis=1) / m.sum(axis=1))  # (B, D)
+        return mx.concatenate(parts, axis=-1)
+
+    def per_position(self, hidden: dict[int, mx.array]) -> mx.array:
+        """Features (T, F) as if each position of one prompt (B=1) were the whole pooled input.
+
+        The head applied to these gives per-token logits: the evidence for a verdict.
+        """
+        n = len(self.config.pooling.split("+"))
+        parts = []
+        for layer in self.config.layers:
+            h = hidden[layer][0].astype(mx.float32)  # (T, D)
+            parts.extend([h] * n)
+        return mx.concatenate(parts, axis=-1)
+
+    # --- classifier -------------------------------------------------------------------
+    def logits(self, feats: mx.array) -> mx.array:
+        """Raw logits (B, C) for features (B, F)."""
+        p = self.params
+        x = (feats - p["mean"]) / p["std"]
+        if self.config.kind == "mlp":
+            x = mx.maximum(x @ p["w1"] + p["b1"], 0)
+        return x @ p["w"] + p["b"]
+
+    def probs(self, feats: mx.array) -> mx.array:
+        """Calibrated probabilities (B, C)."""
+        return mx.softmax(self.logits(feats) / self.config.temperature, axis=-1)
+
+    def decide(self, probs: mx.array) -> list[str]:
+        """Labels after the per-class threshold offsets."""
+        t = mx.array([self.config.thresholds.get(k, 0.0) for k in self.config.labels])
+        return [self.config.labels[i] for i in mx.argmax(probs - t, axis=-1).tolist()]
+
+    # --- identity and storage ---------------------------------------------------------
+    @property
+    def sha256(self) -> str:
+        return self.config.weights_sha256
+
+    def check_base(self, *, name: str, fingerprint: str, hidden_size: int, adapter_sha256: str | None) -> None:
+        """Raise MismatchError unless this head was trained on this base model (and adapter)."""
+        c = self.config
+        problems = []
+        if c.base_fingerprint and c.base_fingerprint != fingerprint:
+            problems.append(f"it was trained on {c.base_model or '?'} (fingerprint {c.base_fingerprint}) "
+                            f"but the model is {name} (fingerprint {fingerprint})")
+        if c.hidden_size and c.hidden_size != hidden_size:
+            problems.append(f"it expects hidden size {c.hidden_size}, the model has {hidden_size}")
+        if c.adapter_sha256 != adapter_sha256:
+            problems.append(f"it was trained with adapter {c.adapter_sha256 or 'none'} "
+                            f"but the model has adapter {adapter_sha256 or 'none'}")
+        if problems:
+            raise MismatchError("this head does not fit the model: " + "; ".join(problems)
+                                + ". Train a head for this model with `phasegpt train-head`.")
+
+    def save(self, folder: str | Path) -> Path:
+        """Write ``head.safetensors`` and ``head.json`` into ``folder`` (atomically, each by rename)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=folder, prefix=".head-") as tmp:
+            tmp_w = Path(tmp) / WEIGHTS
+            mx.save_safetensors(str(tmp_w), self.params)
+            digest = hashlib.sha256(tmp_w.read_bytes()).hexdigest()
+            self.config = HeadConfig.from_dict({**asdict(self.config), "weights_sha256": digest})
+            tmp_c = Path(tmp) / CONFIG
+            tmp_c.write_text(json.dumps(asdict(self.config), indent=2, sort_keys=True) + "\n")
+            os.replace(tmp_w, folder / WEIGHTS)
+            os.replace(tmp_c, folder / CONFIG)
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Head:
+        """Read a head folder (or the head files inside an adapter folder)."""
+        folder = Path(folder).expanduser()
+        cfg_file, w_file = folder / CONFIG, folder / WEIGHTS
+        for f in (cfg_file, w_file):
+            if not f.is_file():
+                raise FileNotFoundError(f"{f} not found; a head folder holds {CONFIG} and {WEIGHTS} (write one with `phasegpt train-head`)")
+        try:
+            config = HeadConfig.from_dict(json.loads(cfg_file.read_text()))
+        except (ValueError, TypeError) as e:
+            raise ModelLoadError(f"{cfg_file} is not a valid head config: {e}; train the head again") from e
+        data = w_file.read_bytes()
+        if config.weights_sha256 and hashlib.sha256(data).hexdigest() != config.weights_sha256:
+            raise ModelLoadError(f"{w_file} does not match the SHA-256 recorded in {cfg_file}; the head is corrupt or half-copied, train or copy it again")
+        try:
+            params = mx.load(str(w_file))
+        except (RuntimeError, ValueError) as e:
+            raise ModelLoadError(f"could not read {w_file}: {e}; train or copy the head again") from e
+        required = {"mean", "std", "w", "b"} | ({"w1", "b1"} if config.kind == "mlp" else set())
+        if missing := sorted(required - set(params)):
+            raise ModelLoadError(f"{w_file} lacks arrays {missing}; train the head again")
+        return cls(config, params)

@@ -1,0 +1,250 @@
+"""One way in for every model: MLX folders, Hugging Face repo ids and GGUF files, plus LoRA adapters.
+
+The heavy lifting is mlx-lm's (``load_model``, ``load_tokenizer``, ``load_adapters``,
+``dequantize_model``); this module adds the checks and the dtype policy:
+
+* on a CPU device, quantized weights are dequantized to float32 when they fit in memory,
+  because MLX's quantized and half-precision CPU kernels are scalar and single-threaded
+  while float32 matmuls go through the (optimized) BLAS; on a GPU they stay quantized;
+* every model gets a fingerprint of its config and weights, computed before any dtype
+  change or adapter, so a head trained on one base refuses to load on another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+from mlx.utils import tree_flatten, tree_unflatten
+
+from phasegpt.errors import MismatchError, ModelLoadError
+from phasegpt.hub import resolve
+
+DTYPES = ("auto", "float32", "float16", "bfloat16", "native")
+_SAMPLE = 2048  # elements per tensor that enter the fingerprint (evenly strided)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model ready to run.
+
+    Attributes:
+        model: the mlx-lm model (LoRA layers applied if an adapter was given).
+        tokenizer: mlx-lm's TokenizerWrapper.
+        config: the model's config dict (mlx-lm ``config.json`` keys).
+        name: a human name for the base model (repo id, folder or file name).
+        fingerprint: hex digest of config and weights of the base, before dtype changes.
+        path: local folder or file the model came from.
+        adapter_path: the adapter folder, if any.
+        adapter_sha256: SHA-256 of ``adapters.safetensors``, if any.
+        dtype: the dtype the weights were left in (``"quantized"`` if still quantized).
+    """
+
+    model: nn.Module
+    tokenizer: Any
+    config: dict
+    name: str
+    fingerprint: str
+    path: Path
+    adapter_path: Path | None
+    adapter_sha256: str | None
+    dtype: str
+
+
+def load_model(
+    model: str | Path,
+    *,
+    adapter: str | Path | None = None,
+    dtype: str = "auto",
+    fuse: bool = False,
+) -> LoadedModel:
+    """Load a base model, optionally with a LoRA adapter.
+
+    Args:
+        model: an mlx-lm model folder, a Hugging Face repo id, or a ``.gguf`` file.
+        adapter: an mlx-lm adapter folder (``adapter_config.json`` + ``adapters.safetensors``).
+        dtype: ``"auto"`` (float32 on CPU when it fits, as stored on GPU), ``"float32"``,
+            ``"float16"``, ``"bfloat16"``, or ``"native"`` (leave weights as stored).
+        fuse: merge the adapter into the base weights (only for unquantized weights).
+
+    Returns:
+        The loaded model.
+
+    Raises:
+        FileNotFoundError: missing path.
+        ModelLoadError: unreadable model (no config.json, corrupt weights, unsupported GGUF...).
+        MismatchError: the adapter does not fit the model.
+        ValueError: a bad option.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    path = resolve(model)
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise ModelLoadError(f"{path} is a file but not a .gguf; pass an mlx-lm model folder or a .gguf file")
+        from phasegpt.gguf import load_gguf
+
+        net, tokenizer, config = load_gguf(path)
+        name = path.stem
+    else:
+        net, tokenizer, config = _load_folder(path)
+        name = str(model) if not Path(model).expanduser().exists() else path.name
+    fingerprint = fingerprint_model(net, config)
+    final_dtype = _apply_dtype(net, dtype, name)
+    adapter_path = adapter_sha = None
+    if adapter is not None:
+        adapter_path, adapter_sha = _apply_adapter(net, Path(adapter).expanduser(), name)
+        if fuse:
+            _fuse(net, final_dtype)
+    elif fuse:
+        raise ValueError("fuse=True needs an adapter")
+    net.eval()
+    mx.eval(net.parameters())
+    return LoadedModel(net, tokenizer, config, name, fingerprint, path, adapter_path, adapter_sha, final_dtype)
+
+
+def _load_folder(path: Path) -> tuple[nn.Module, Any, dict]:
+    from mlx_lm.utils import load_model as mlx_load_model
+    from mlx_lm.utils import load_tokenizer
+
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"{path} has no config.json; pass an mlx-lm model folder (convert others with `mlx_lm.convert`)")
+    if not list(path.glob("*.safetensors")):
+        raise ModelLoadError(f"{path} has no .safetensors weights; convert the model with `mlx_lm.convert`")
+    try:
+        net, config = mlx_load_model(path)
+    except (RuntimeError, OSError) as e:  # MLX's safetensors reader on corrupt/truncated files
+        raise ModelLoadError(f"could not read the weights in {path}: {e}; the file is corrupt or truncated, download it again") from e
+    except ValueError as e:  # unknown model_type or tensors that do not fit the architecture
+        raise ModelLoadError(f"{path}: {e}") from e
+    try:
+        tokenizer = load_tokenizer(path, eos_token_ids=config.get("eos_token_id"))
+    except Exception as e:  # transformers raises many types here
+        raise ModelLoadError(f"could not load the tokenizer in {path}: {e}; the folder needs tokenizer.json or tokenizer.model") from e
+    return net, tokenizer, config
+
+
+def fingerprint_model(model: nn.Module, config: dict) -> str:
+    """A short digest of the architecture config and a strided sample of every weight.
+
+    Sampling keeps it fast on 7B models while still telling two bases (or two fine-tunes)
+    apart. Computed on weights as stored, so the same file gives the same fingerprint
+    whatever dtype it is later cast to.
+    """
+    h = hashlib.sha256()
+    keys = sorted(k for k in config if k not in ("quantization", "quantization_config", "torch_dtype"))
+    h.update(json.dumps({k: config[k] for k in keys}, sort_keys=True, default=str).encode())
+    for name, w in sorted(tree_flatten(model.parameters()), key=lambda kv: kv[0]):
+        flat = w.reshape(-1)
+        sample = flat[:: max(1, flat.size // _SAMPLE)][:_SAMPLE]
+        if sample.dtype == mx.bfloat16:
+            sample = sample.astype(mx.float32)
+        h.update(f"{name}:{tuple(w.shape)}:{w.dtype}".encode())
+        h.update(np.asarray(sample).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _weights_bytes(model: nn.Module, itemsize: int) -> tuple[int, bool]:
+    """Bytes the weights would take at ``itemsize`` once dequantized, and whether any are quantized."""
+    quantized = {n: m for n, m in model.named_modules() if isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding))}
+    total = 0
+    for name, w in tree_flatten(model.parameters()):
+        module, leaf = name.rsplit(".", 1) if "." in name else ("", name)
+        q = quantized.get(module)
+        if q is not None and leaf in ("scales", "biases"):
+            continue
+        total += (w.size * 32 // q.bits if q is not None and leaf == "weight" else w.size) * itemsize
+    return total, bool(quantized)
+
+
+def _available_memory() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(mx.device_info().get("memory_size", 0)) if hasattr(mx, "device_info") else 0
+
+
+def _apply_dtype(model: nn.Module, dtype: str, name: str) -> str:
+    from mlx_lm.utils import dequantize_model
+
+    if dtype == "native":
+        return _current_dtype(model)
+    on_cpu = mx.default_device() == mx.cpu
+    if dtype == "auto":
+        if not on_cpu:
+            return _current_dtype(model)
+        dtype = "float32"
+        need, _ = _weights_bytes(model, 4)
+        avail = _available_memory()
+        if avail and need > 0.8 * avail:
+            warnings.warn(
+                f"{name}: float32 weights would take {need / 2**30:.1f} GiB of {avail / 2**30:.1f} GiB "
+                "available, so they stay as stored (slow on CPU); pass dtype='native' to silence this",
+                stacklevel=3,
+            )
+            return _current_dtype(model)
+    target = getattr(mx, dtype)
+    need, quantized = _weights_bytes(model, target.size)
+    avail = _available_memory()
+    if avail and need > 0.9 * avail:
+        raise ModelLoadError(
+            f"{name} in {dtype} needs {need / 2**30:.1f} GiB but only {avail / 2**30:.1f} GiB is available; "
+            "use dtype='native' (keep weights quantized) or a smaller model"
+        )
+    if quantized:
+        dequantize_model(model)
+    model.set_dtype(target)
+    return dtype
+
+
+def _current_dtype(model: nn.Module) -> str:
+    for _, m in model.named_modules():
+        if isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)):
+            return "quantized"
+    for _, w in tree_flatten(model.parameters()):
+        return str(w.dtype).replace("mlx.core.", "")
+    return "float32"
+
+
+def _apply_adapter(model: nn.Module, adapter: Path, model_name: str) -> tuple[Path, str]:
+    from mlx_lm.tuner.utils import load_adapters
+
+    config_file, weights_file = adapter / "adapter_config.json", adapter / "adapters.safetensors"
+    if not adapter.is_dir():
+        raise FileNotFoundError(f"adapter folder not found: {adapter}")
+    for f in (config_file, weights_file):
+        if not f.is_file():
+            raise FileNotFoundError(f"{f} is missing; an adapter folder holds adapter_config.json and adapters.safetensors (as `mlx_lm.lora` writes them)")
+    try:
+        json.loads(config_file.read_text())
+        weights = mx.load(str(weights_file))
+    except (ValueError, RuntimeError) as e:
+        raise ModelLoadError(f"could not read adapter {adapter}: {e}; the file is corrupt, train or download it again") from e
+    try:
+        load_adapters(model, str(adapter))
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
+        raise MismatchError(f"adapter {adapter} does not fit {model_name}: {e}\nUse an adapter trained on this base model.") from e
+    expected = {k for k, _ in tree_flatten(model.parameters()) if k.rsplit(".", 1)[-1] in ("lora_a", "lora_b")}
+    missing = sorted(expected - set(weights))
+    if missing:
+        shown = "\n  ".join(missing[:20]) + (f"\n  ... and {len(missing) - 20} more" if len(missing) > 20 else "")
+        raise MismatchError(f"adapter {adapter} does not fit {model_name}; tensors missing from it:\n  {shown}\nUse an adapter trained on this base model.")
+    return adapter, hashlib.sha256(weights_file.read_bytes()).hexdigest()
+
+
+def _fuse(model: nn.Module, dtype: str) -> None:
+    if dtype == "quantized":
+        raise ValueError("fuse=True needs unquantized weights (dtype float32/float16/bfloat16); quantized bases keep the adapter unfused")
+    fused = [(n, m.fuse()) for n, m in model.named_modules() if hasattr(m, "fuse")]
+    if fused:
+        model.update_modules(tree_unflatten(fused))
