@@ -1,0 +1,500 @@
+"""Train a PhaseGPT-style typed-refusal LoRA adapter with mlx-lm's own tuner.
+
+The fine-tuned model answers normally or emits a typed tag (``<PASS:POLICY>`` for
+safety, ``<PASS:UNKNOWABLE>`` for epistemic, ``<PASS:CONTEXT>`` for missing context).
+Nothing here re-implements LoRA: ``linear_to_lora_layers`` makes the layers,
+``ChatDataset`` tokenizes with the chat template and computes the prompt offset that
+masks the loss, ``trainer.train`` runs the loop. The result is a folder in exactly
+``mlx_lm.lora``'s format (``adapter_config.json`` + ``adapters.safetensors``), so
+``mlx_lm.load(model, adapter_path=folder)`` reads it.
+
+Typical use::
+
+    model, tokenizer = mlx_lm.load("mistralai/Mistral-7B-Instruct-v0.3")
+    train = make_chat_examples(train_records, tokenizer)
+    valid = make_chat_examples(valid_records, tokenizer)
+    train_adapter(model, tokenizer, train, valid, "adapters/typed", config=AdapterConfig())
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import click
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+from mlx.utils import tree_flatten
+from mlx_lm.tuner.callbacks import TrainingCallback
+from mlx_lm.tuner.datasets import CacheDataset, ChatDataset
+from mlx_lm.tuner.lora import LoRALinear
+from mlx_lm.tuner.trainer import TrainingArgs, train
+from mlx_lm.tuner.utils import linear_to_lora_layers
+from mlx_lm.utils import save_config
+
+from phasegpt.prompting import RAG_TEMPLATE, user_message
+from phasegpt.verdict import LABELS
+
+ATTENTION_KEYS: tuple[str, ...] = (
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+)
+MLP_KEYS: tuple[str, ...] = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+
+# What the adapter learns to say for each refusal label. The tags map back to the
+# same labels through phasegpt.verdict.TAG_LABELS.
+REFUSAL_TAGS: Mapping[str, str] = {
+    "safety": "<PASS:POLICY>",
+    "epistemic": "<PASS:UNKNOWABLE>",
+    "missing_context": "<PASS:CONTEXT>",
+}
+REFUSAL_TEXTS: Mapping[str, str] = {
+    "safety": "I can't help with that: it could cause real harm.",
+    "epistemic": "I can't answer that: nobody can know it reliably.",
+    "missing_context": "I can't answer that from what I was given: the information needed is missing.",
+}
+STYLES: tuple[str, ...] = ("tag", "text")
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """How to train the adapter. The defaults are the Mistral-7B recipe.
+
+    On Mistral-7B (32 layers, hidden 4096, 8 KV heads of 128) the defaults put rank-16
+    LoRA on q/k/v/o of all 32 layers: 13,631,488 parameters, 54.5 MB in float32 (the
+    dtype mlx-lm trains and saves LoRA weights in), 27.3 MB in float16. Adding the three
+    MLP projections at rank 16 would make it 168 MB; attention-only is enough to learn
+    a handful of tags. ``adapter_size_bytes`` recomputes this for any config.
+
+    Attributes:
+        rank: LoRA rank ``r``.
+        scale: mlx-lm multiplies the LoRA output by ``scale`` directly (it is *not*
+            ``alpha / rank`` as in PEFT; PEFT's alpha=32 at r=16 is scale 2.0).
+            20.0 is mlx-lm's default and goes with its small learning rate.
+        dropout: dropout on the LoRA input; a little regularisation for a data set
+            of a few thousand short examples.
+        num_layers: how many blocks, counted from the last, get LoRA; -1 = all.
+        keys: projections inside each block to adapt (mlx-lm module paths);
+            None = every linear layer of the block, as mlx-lm does.
+        iters: optimizer steps.
+        batch_size: examples per step.
+        learning_rate: Adam learning rate.
+        max_seq_length: longer examples are truncated by mlx-lm's batcher.
+        seed: seeds LoRA initialisation (MLX) and batch order (NumPy).
+        mask_prompt: loss on the assistant's tokens only, not on the prompt's.
+        steps_per_report: steps between training-loss reports.
+        steps_per_eval: steps between validation-loss reports (also at the first and last).
+        val_batches: validation batches per report; -1 = the whole validation set.
+        grad_checkpoint: recompute activations in the backward pass to save memory.
+    """
+
+    rank: int = 16
+    scale: float = 20.0
+    dropout: float = 0.05
+    num_layers: int = -1
+    keys: tuple[str, ...] | None = ATTENTION_KEYS
+    iters: int = 600
+    batch_size: int = 4
+    learning_rate: float = 1e-5
+    max_seq_length: int = 2048
+    seed: int = 0
+    mask_prompt: bool = True
+    steps_per_report: int = 10
+    steps_per_eval: int = 100
+    val_batches: int = 25
+    grad_checkpoint: bool = False
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise ValueError(f"rank must be at least 1, got {self.rank}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.num_layers == 0 or self.num_layers < -1:
+            raise ValueError(f"num_layers must be -1 (all) or positive, got {self.num_layers}")
+        for name in ("iters", "batch_size", "max_seq_length", "steps_per_report", "steps_per_eval"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.keys is not None:
+            object.__setattr__(self, "keys", tuple(self.keys))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> AdapterConfig:
+        """Build from a dict, ignoring keys that are not fields."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def lora_parameters(self) -> dict[str, Any]:
+        """The ``lora_parameters`` dict that mlx-lm's ``linear_to_lora_layers`` takes."""
+        params: dict[str, Any] = {"rank": self.rank, "scale": self.scale, "dropout": self.dropout}
+        if self.keys is not None:
+            params["keys"] = list(self.keys)
+        return params
+
+
+def _linear_shapes(model_config: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
+    """(in, out) features of each linear layer of a llama/mistral-style block."""
+    try:
+        hidden = int(model_config["hidden_size"])
+        heads = int(model_config["num_attention_heads"])
+        inter = int(model_config["intermediate_size"])
+    except KeyError as e:
+        raise ValueError(
+            f"model config has no {e.args[0]!r}: pass the model's config.json "
+            "(a llama/mistral-style dense model)"
+        ) from None
+    kv_heads = int(model_config.get("num_key_value_heads") or heads)
+    head_dim = int(model_config.get("head_dim") or hidden // heads)
+    return {
+        "self_attn.q_proj": (hidden, heads * head_dim),
+        "self_attn.k_proj": (hidden, kv_heads * head_dim),
+        "self_attn.v_proj": (hidden, kv_heads * head_dim),
+        "self_attn.o_proj": (heads * head_dim, hidden),
+        "mlp.gate_proj": (hidden, inter),
+        "mlp.up_proj": (hidden, inter),
+        "mlp.down_proj": (inter, hidden),
+    }
+
+
+def adapter_size_bytes(
+    model_config: Mapping[str, Any], cfg: AdapterConfig, *, dtype_bytes: int = 4
+) -> int:
+    """Bytes of LoRA weights ``cfg`` puts on a model, from its config alone (no weights).
+
+    Each adapted linear layer ``in -> out`` holds ``lora_a`` (in x r) and ``lora_b``
+    (r x out): ``rank * (in + out)`` numbers. Safetensors adds a small JSON header.
+
+    Args:
+        model_config: the model's ``config.json`` as a dict (llama/mistral-style).
+        cfg: the adapter configuration.
+        dtype_bytes: bytes per number; 4 for float32, which mlx-lm saves.
+
+    Returns:
+        The size of the adapter's tensors in bytes.
+
+    Raises:
+        ValueError: the config lacks a size, a key is not a known projection, or
+            ``num_layers`` exceeds the model's layers.
+    """
+    shapes = _linear_shapes(model_config)
+    keys = shapes.keys() if cfg.keys is None else cfg.keys
+    unknown = sorted(set(keys) - set(shapes))
+    if unknown:
+        raise ValueError(f"unknown projection keys {unknown}; known: {sorted(shapes)}")
+    total_layers = int(model_config["num_hidden_layers"])
+    if cfg.num_layers > total_layers:
+        raise ValueError(f"num_layers={cfg.num_layers} but the model has {total_layers} layers")
+    layers = total_layers if cfg.num_layers == -1 else cfg.num_layers
+    per_layer = sum(cfg.rank * (shapes[k][0] + shapes[k][1]) for k in keys)
+    return layers * per_layer * dtype_bytes
+
+
+def make_chat_examples(
+    records: Iterable[Mapping[str, Any]],
+    tokenizer: Any,
+    *,
+    style: str = "tag",
+    model: nn.Module | None = None,
+    max_tokens: int = 64,
+    template: str = RAG_TEMPLATE,
+) -> list[dict[str, Any]]:
+    """Turn labelled records into chat training examples ``{"messages": [user, assistant]}``.
+
+    Refusals become typed tags (``style="tag"``, see ``REFUSAL_TAGS``) or a short typed
+    refusal in words (``style="text"``, see ``REFUSAL_TEXTS``). An ``answer`` record
+    needs a response: its own ``response`` if it has one; otherwise, when ``model`` is
+    given, the base model's greedy answer (at most ``max_tokens``; training on the
+    model's own answers teaches the tags without changing how it answers); otherwise it
+    is skipped, with one warning giving the count.
+
+    Args:
+        records: dicts with ``prompt``, ``label`` (one of ``LABELS``), optional
+            ``context`` (documents, as ``phasegpt.prompting.user_message`` takes them)
+            and optional ``response``.
+        tokenizer: the model's mlx-lm ``TokenizerWrapper``; it must have a chat template.
+        style: ``"tag"`` or ``"text"``.
+        model: base model to write missing answers with, or None to skip them.
+        max_tokens: length cap of generated answers.
+        template: the RAG template that puts context into the user turn; use the same
+            one at inference.
+
+    Returns:
+        Examples in mlx-lm's chat format, in the order of ``records``.
+
+    Raises:
+        ValueError: unknown style or label, a record without a prompt, malformed
+            context, or a tokenizer without a chat template.
+    """
+    if style not in STYLES:
+        raise ValueError(f"style must be one of {STYLES}, got {style!r}")
+    if not getattr(tokenizer, "has_chat_template", False):
+        raise ValueError("the tokenizer has no chat template; load the model's instruct variant")
+    refusals = REFUSAL_TAGS if style == "tag" else REFUSAL_TEXTS
+    examples: list[dict[str, Any]] = []
+    skipped = 0
+    for i, rec in enumerate(records):
+        prompt, label = rec.get("prompt"), rec.get("label")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError(f"record {i} has no prompt text")
+        if label not in LABELS:
+            raise ValueError(f"record {i} has label {label!r}; expected one of {LABELS} (filter others out)")
+        user = {"role": "user", "content": user_message(prompt, rec.get("context"), template=template)}
+        if label != "answer":
+            reply = refusals[label]
+        elif rec.get("response"):
+            reply = str(rec["response"])
+        elif model is not None:
+            reply = _greedy_answer(model, tokenizer, user, max_tokens)
+        else:
+            reply = ""
+        if not reply:
+            skipped += 1
+            continue
+        examples.append({"messages": [user, {"role": "assistant", "content": reply}]})
+    if skipped:
+        warnings.warn(
+            f"skipped {skipped} answer record(s) without a response; give them a 'response' "
+            "or pass model= to generate one",
+            stacklevel=2,
+        )
+    return examples
+
+
+def _greedy_answer(model: nn.Module, tokenizer: Any, user: dict, max_tokens: int) -> str:
+    from mlx_lm import generate
+
+    prompt = tokenizer.apply_chat_template([user], add_generation_prompt=True, return_dict=False)
+    # mlx-lm's default sampler is argmax: greedy, so the same model gives the same data.
+    return generate(model, tokenizer, prompt, max_tokens=max_tokens).strip()
+
+
+def response_loss(model: nn.Module, batch: mx.array, lengths: mx.array) -> tuple[mx.array, mx.array]:
+    """Mean cross-entropy over each row's targets from its offset to its last real token.
+
+    mlx-lm's trainer batch format: ``batch`` (B, T) right-padded token ids, ``lengths``
+    (B, 2) of (prompt offset, length). Same as mlx-lm 0.32's ``default_loss`` except the
+    mask ends at the last real token: ``default_loss`` (``steps <= length``) also scores
+    one padding target per row, which for a short typed tag is a tenth of the signal.
+
+    Returns:
+        (mean loss, number of scored tokens), as the trainer expects.
+    """
+    inputs, targets = batch[:, :-1], batch[:, 1:]
+    logits = model(inputs)
+    steps = mx.arange(1, targets.shape[1] + 1)  # steps[t]: position of targets[t] in the row
+    mask = mx.logical_and(steps >= lengths[:, 0:1], steps < lengths[:, 1:])
+    ntoks = mask.sum()
+    ce = (nn.losses.cross_entropy(logits, targets) * mask).astype(mx.float32).sum() / ntoks
+    return ce, ntoks
+
+
+class _Progress(TrainingCallback):
+    """Records every loss report; prints each as one line to stderr when ``echo``."""
+
+    def __init__(self, iters: int, echo: bool, extra: TrainingCallback | None) -> None:
+        self.iters, self.echo, self.extra = iters, echo, extra
+        self.train_losses: list[list[float]] = []
+        self.val_losses: list[list[float]] = []
+
+    def on_train_loss_report(self, info: dict) -> None:
+        self.train_losses.append([info["iteration"], info["train_loss"]])
+        if self.echo:
+            click.echo(
+                f"iter {info['iteration']}/{self.iters}  train loss {info['train_loss']:.3f}  "
+                f"{info['tokens_per_second']:.0f} tok/s",
+                err=True,
+            )
+        if self.extra is not None:
+            self.extra.on_train_loss_report(info)
+
+    def on_val_loss_report(self, info: dict) -> None:
+        self.val_losses.append([info["iteration"], info["val_loss"]])
+        if self.echo:
+            click.echo(f"iter {info['iteration']}/{self.iters}  val loss {info['val_loss']:.3f}", err=True)
+        if self.extra is not None:
+            self.extra.on_val_loss_report(info)
+
+
+def _check_model(model: nn.Module, cfg: AdapterConfig) -> None:
+    if any(isinstance(m, LoRALinear) for _, m in model.named_modules()):
+        raise ValueError("the model already carries a LoRA adapter; load the base model without one")
+    layers = getattr(model, "layers", None)
+    if not layers:
+        raise ValueError("the model has no .layers; only mlx-lm transformer models can be adapted")
+    if cfg.num_layers > len(layers):
+        raise ValueError(f"num_layers={cfg.num_layers} but the model has {len(layers)} layers")
+    if cfg.keys is not None:
+        # linear_to_lora_layers silently skips keys it does not find: catch typos here.
+        present = {name for name, _ in layers[-1].named_modules()}
+        missing = sorted(set(cfg.keys) - present)
+        if missing:
+            raise ValueError(f"projection keys {missing} are not in the model's blocks")
+
+
+def _dataset(examples: Sequence[Mapping[str, Any]], tokenizer: Any, cfg: AdapterConfig, name: str) -> CacheDataset:
+    """Tokenize every example now, so bad data fails before training starts."""
+    ds = CacheDataset(ChatDataset(list(examples), tokenizer, mask_prompt=cfg.mask_prompt))
+    truncated = 0
+    for i in range(len(ds)):
+        msgs = examples[i].get("messages") if isinstance(examples[i], Mapping) else None
+        if not msgs or msgs[-1].get("role") != "assistant":
+            raise ValueError(f"{name} example {i} must be {{'messages': [..., assistant message]}}")
+        tokens, offset = ds[i]
+        # An example whose response lies past the cut contributes no loss tokens; a
+        # batch of them divides by zero.
+        if offset >= min(len(tokens), cfg.max_seq_length) - 1:
+            raise ValueError(
+                f"{name} example {i}: the prompt alone fills max_seq_length={cfg.max_seq_length}; "
+                "raise max_seq_length or shorten its context"
+            )
+        truncated += len(tokens) > cfg.max_seq_length
+    if truncated:
+        warnings.warn(f"{truncated} {name} example(s) exceed max_seq_length and will be truncated", stacklevel=3)
+    return ds
+
+
+def _model_identity(model: nn.Module, base_model: str) -> dict[str, Any]:
+    args = getattr(model, "args", None)
+    keys = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")
+    shape = {k: getattr(args, k) for k in keys if hasattr(args, k)}
+    return {"name": base_model, **shape}
+
+
+def train_adapter(
+    model: nn.Module,
+    tokenizer: Any,
+    train_examples: Sequence[Mapping[str, Any]],
+    valid_examples: Sequence[Mapping[str, Any]],
+    out_dir: str | Path,
+    *,
+    config: AdapterConfig,
+    progress: bool = True,
+    base_model: str = "",
+    overwrite: bool = False,
+    callback: TrainingCallback | None = None,
+) -> Path:
+    """Train a LoRA adapter on chat examples and save it in mlx-lm's adapter format.
+
+    The model is changed in place: it is frozen and keeps the trained LoRA layers, in
+    eval mode, so it can be used (or evaluated) right away. The folder is written to a
+    temporary sibling and renamed into place at the end, so an interrupted run never
+    leaves a half-written adapter.
+
+    Args:
+        model: an mlx-lm model (float or quantized: QLoRA) without an adapter.
+        tokenizer: its mlx-lm ``TokenizerWrapper``, with a chat template.
+        train_examples: ``{"messages": [...]}`` dicts, e.g. from ``make_chat_examples``.
+        valid_examples: the same for validation; may be empty.
+        out_dir: the adapter folder to create.
+        config: hyperparameters.
+        progress: print loss reports to stderr (mlx-lm's own terminal UI is silenced
+            so stdout stays clean for ``--json`` output).
+        base_model: name or path of the base model, recorded in the config as ``model``.
+        overwrite: replace an existing ``out_dir`` (only once training succeeded).
+        callback: an extra mlx-lm ``TrainingCallback`` (e.g. for experiment tracking).
+
+    Returns:
+        ``out_dir`` as a Path.
+
+    Raises:
+        FileExistsError: ``out_dir`` exists and ``overwrite`` is False.
+        ValueError: bad config for this model, too few examples, or malformed examples.
+    """
+    out = Path(out_dir)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists; choose another folder or pass overwrite=True")
+    if len(train_examples) < config.batch_size:
+        raise ValueError(f"{len(train_examples)} training examples is fewer than batch_size={config.batch_size}")
+    if 0 < len(valid_examples) < config.batch_size:
+        raise ValueError(
+            f"{len(valid_examples)} validation examples is fewer than batch_size={config.batch_size}; "
+            "give more or none"
+        )
+    _check_model(model, config)
+    train_set = _dataset(train_examples, tokenizer, config, "training")
+    valid_set = _dataset(valid_examples, tokenizer, config, "validation") if valid_examples else None
+
+    mx.random.seed(config.seed)  # LoRA's lora_a initialisation
+    np.random.seed(config.seed)  # mlx-lm's batch order
+    model.freeze()
+    linear_to_lora_layers(model, config.num_layers, config.lora_parameters())
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        report = _Progress(config.iters, progress, callback)
+        args = TrainingArgs(
+            batch_size=config.batch_size,
+            iters=config.iters,
+            val_batches=config.val_batches,
+            steps_per_report=config.steps_per_report,
+            steps_per_eval=config.steps_per_eval,
+            steps_per_save=config.iters + 1,  # no intermediate checkpoints in the folder
+            max_seq_length=config.max_seq_length,
+            adapter_file=str(tmp / "adapters.safetensors"),
+            grad_checkpoint=config.grad_checkpoint,
+        )
+        optimizer = optim.Adam(learning_rate=config.learning_rate)
+        with contextlib.redirect_stdout(io.StringIO()):
+            train(model, optimizer, train_set, valid_set, args=args, loss=response_loss, training_callback=report)
+        model.eval()  # mlx-lm's trainer leaves dropout on
+        n_params = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
+        save_config(_adapter_config(config, model, base_model, report, n_params), tmp / "adapter_config.json")
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _adapter_config(
+    cfg: AdapterConfig, model: nn.Module, base_model: str, report: _Progress, n_params: int
+) -> dict[str, Any]:
+    """mlx_lm.lora's adapter_config.json fields, plus phasegpt's record of the run."""
+    return {
+        "fine_tune_type": "lora",
+        "model": base_model,
+        "num_layers": cfg.num_layers,
+        "lora_parameters": cfg.lora_parameters(),
+        "optimizer": "adam",
+        "batch_size": cfg.batch_size,
+        "iters": cfg.iters,
+        "learning_rate": cfg.learning_rate,
+        "max_seq_length": cfg.max_seq_length,
+        "mask_prompt": cfg.mask_prompt,
+        "seed": cfg.seed,
+        "steps_per_report": cfg.steps_per_report,
+        "steps_per_eval": cfg.steps_per_eval,
+        "val_batches": cfg.val_batches,
+        "grad_checkpoint": cfg.grad_checkpoint,
+        "phasegpt": {
+            "adapter_config": {**asdict(cfg), "keys": None if cfg.keys is None else list(cfg.keys)},
+            "base_model": _model_identity(model, base_model),
+            "trainable_parameters": n_params,
+            "refusal_tags": dict(REFUSAL_TAGS),
+            "train_losses": report.train_losses,
+            "val_losses": report.val_losses,
+        },
+    }
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Move ``src`` to ``dst``; an existing ``dst`` is removed only after the move."""
+    if not dst.exists():
+        src.rename(dst)
+        return
+    old = dst.with_name(f".{dst.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    dst.rename(old)
+    src.rename(dst)
+    shutil.rmtree(old, ignore_errors=True)
