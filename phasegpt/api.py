@@ -102,22 +102,25 @@ class Model:
                 self._record(verdicts[i], prompts[i], contexts[i], None, per_item, metadata)
         return verdicts  # type: ignore[return-value]
 
-    def features(self, batch: list[list[int]]) -> tuple[mx.array, dict[int, mx.array], mx.array]:
-        """Pooled head features (B, F), tapped states and lengths for one batch of token lists."""
-        head = self.head
+    def hidden_states(self, batch: list[list[int]], layers: Sequence[int]) -> tuple[dict[int, mx.array], mx.array]:
+        """Tapped states {layer: (B, T, D)} and lengths (B,) for one batch of token lists (lazy)."""
         lengths = mx.array([len(t) for t in batch])
         width = max(len(t) for t in batch)
         pad = self.tokenizer.pad_token_id or 0
         x = mx.array([t + [pad] * (width - len(t)) for t in batch])  # (B, T), right-padded
-        with tapped(self.loaded.model, head.config.layers, budget=width) as taps:
-            self.loaded.model(x)  # lazy: only the tapped layers get computed below
+        with tapped(self.loaded.model, layers, budget=width) as taps:
+            self.loaded.model(x)  # lazy: only what the tapped layers need gets computed
             hidden = taps.hidden()
-        feats = head.pool(hidden, lengths, self._span)
-        return feats, hidden, lengths
+        return hidden, lengths
+
+    @property
+    def span(self) -> tuple[int, int]:
+        """Template tokens before and after the user content (see prompting.content_span)."""
+        return self._span
 
     def _classify_batch(self, batch: list[list[int]]) -> list[Verdict]:
-        feats, hidden, _ = self.features(batch)
-        probs = self.head.probs(feats)
+        hidden, lengths = self.hidden_states(batch, self.head.config.layers)
+        probs = self.head.probs(self.head.pool(hidden, lengths, self._span))
         mx.eval(probs, hidden)
         out = []
         for b, ids in enumerate(batch):

@@ -59,6 +59,37 @@ class HeadConfig:
         return cls(**kw)
 
 
+def pool(hidden: dict[int, mx.array], layers: tuple[int, ...], pooling: str, lengths: mx.array,
+         span: tuple[int, int]) -> mx.array:
+    """Pooled features (B, F) from tapped hidden states {layer: (B, T, D)} of right-padded prompts.
+
+    For each layer in order: the last prompt token's state and/or the mean over the user's
+    own tokens (positions ``[pre, length - post)``), concatenated.
+
+    Args:
+        hidden: the tap's output per layer.
+        layers: which layers, in feature order.
+        pooling: one of POOLINGS.
+        lengths: (B,) real length of each prompt (positions past it are padding).
+        span: template tokens before and after the user content (prompting.content_span).
+    """
+    pre, post = span
+    kinds = pooling.split("+")
+    parts = []
+    for layer in layers:
+        h = hidden[layer].astype(mx.float32)  # (B, T, D)
+        B, T, D = h.shape
+        if "last" in kinds:
+            idx = (lengths - 1).reshape(B, 1, 1)
+            parts.append(mx.take_along_axis(h, idx, axis=1)[:, 0])  # (B, D)
+        if "mean" in kinds:
+            pos = mx.arange(T)[None]  # (1, T)
+            end = mx.maximum(lengths - post, pre + 1)[:, None]  # at least one token
+            m = ((pos >= pre) & (pos < end)).astype(mx.float32)[..., None]  # (B, T, 1)
+            parts.append((h * m).sum(axis=1) / m.sum(axis=1))  # (B, D)
+    return mx.concatenate(parts, axis=-1)
+
+
 class Head:
     """A trained head: config plus arrays ``mean``, ``std``, ``w``, ``b`` (and ``w1``, ``b1`` for MLPs)."""
 
@@ -70,27 +101,8 @@ class Head:
 
     # --- features ---------------------------------------------------------------------
     def pool(self, hidden: dict[int, mx.array], lengths: mx.array, span: tuple[int, int]) -> mx.array:
-        """Pooled features (B, F) from tapped hidden states {layer: (B, T, D)} of right-padded prompts.
-
-        Args:
-            hidden: the tap's output per layer.
-            lengths: (B,) real length of each prompt (positions past it are padding).
-            span: template tokens before and after the user content (prompting.content_span).
-        """
-        pre, post = span
-        parts = []
-        for layer in self.config.layers:
-            h = hidden[layer].astype(mx.float32)  # (B, T, D)
-            B, T, D = h.shape
-            if "last" in self.config.pooling.split("+"):
-                idx = (lengths - 1).reshape(B, 1, 1)
-                parts.append(mx.take_along_axis(h, idx, axis=1)[:, 0])  # (B, D)
-            if "mean" in self.config.pooling.split("+"):
-                pos = mx.arange(T)[None]  # (1, T)
-                end = mx.maximum(lengths - post, pre + 1)[:, None]  # at least one token
-                m = ((pos >= pre) & (pos < end)).astype(mx.float32)[..., None]  # (B, T, 1)
-                parts.append((h * m).sum(axis=1) / m.sum(axis=1))  # (B, D)
-        return mx.concatenate(parts, axis=-1)
+        """Pooled features (B, F) for this head's layers and pooling (see ``pool``)."""
+        return pool(hidden, self.config.layers, self.config.pooling, lengths, span)
 
     def per_position(self, hidden: dict[int, mx.array]) -> mx.array:
         """Features (T, F) as if each position of one prompt (B=1) were the whole pooled input.

@@ -1,0 +1,132 @@
+"""Model.classify / generate / stream on the tiny model with a random head."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+import phasegpt
+from phasegpt.errors import MismatchError, ModelLoadError
+from phasegpt.head import Head
+from phasegpt.verdict import LABELS, Verdict, parse_tag
+from tests.conftest import random_head
+from tests.tiny import make_tiny_model_dir
+
+PROMPTS = ["What is the capital of France?", "How do I bake bread?", "hi", "Please answer the question using the document below."]
+
+
+def test_classify_batched_equals_one_at_a_time(tiny_model):
+    contexts = [None, "Bread needs flour.", [{"id": "d1", "text": "The capital is Paris."}, "Second doc"], None]
+    batched = tiny_model.classify(PROMPTS, contexts=contexts, batch_size=4)
+    single = [tiny_model.classify([p], contexts=[c])[0] for p, c in zip(PROMPTS, contexts)]
+    for a, b in zip(batched, single):
+        assert a.label == b.label
+        assert max(abs(a.probs[k] - b.probs[k]) for k in LABELS) < 1e-4
+        assert a.evidence == b.evidence
+
+
+def test_verdict_fields(tiny_model):
+    v = tiny_model.classify(["What is the capital of France?"])[0]
+    assert isinstance(v, Verdict) and v.label in LABELS
+    assert abs(sum(v.probs.values()) - 1) < 1e-5 and v.confidence == v.probs[v.label]
+    assert v.layers == (0, 2) and v.source == "head" and v.model_fingerprint == tiny_model.loaded.fingerprint
+    assert len(v.head_sha256) == 64 and 1 <= len(v.evidence) <= 3
+    words = "what is the capital of france".split()
+    assert all(e.lower() in words for e in v.evidence)  # evidence comes from the user's words, not the template
+    json.dumps(v.to_dict())
+
+
+def test_mlp_head_and_mean_pooling(tiny_dir, tmp_path):
+    base = phasegpt.load(tiny_dir)
+    for pooling, kind in [("mean", "mlp"), ("last", "linear")]:
+        head = random_head(base, tmp_path / pooling, layers=(1,), pooling=pooling, kind=kind)
+        model = phasegpt.load(tiny_dir, head=head)
+        a = model.classify(PROMPTS, batch_size=3)
+        b = [model.classify([p])[0] for p in PROMPTS]
+        assert all(max(abs(x.probs[k] - y.probs[k]) for k in LABELS) < 1e-4 for x, y in zip(a, b))
+
+
+def test_stream_yields_verdict_first_then_text(tiny_model):
+    chunks = list(tiny_model.stream("How do I bake bread?", max_tokens=6))
+    assert chunks[0].verdict is not None and chunks[0].text == "" and chunks[0].token is None
+    assert all(c.verdict is None and c.token is not None for c in chunks[1:])
+    assert chunks[-1].finish_reason == "length" and chunks[-1].generation_tokens == 6
+    result = tiny_model.generate("How do I bake bread?", max_tokens=6)
+    assert result.text == "".join(c.text for c in chunks)
+    assert result.verdict.probs == chunks[0].verdict.probs
+    assert result.prompt_tokens == chunks[0].prompt_tokens and result.generation_tokens == 6
+    assert result.verdict_seconds > 0
+
+
+def test_stop_on_refusal_returns_no_text(tiny_dir, tmp_path):
+    base = phasegpt.load(tiny_dir)
+    path = random_head(base, tmp_path / "h")
+    cfg = json.loads((path / "head.json").read_text())
+    cfg["thresholds"] = {"safety": -5.0, "epistemic": 0.0, "missing_context": 0.0, "answer": 0.0}  # always safety
+    (path / "head.json").write_text(json.dumps(cfg))
+    model = phasegpt.load(tiny_dir, head=path)
+    r = model.generate("How do I bake bread?", max_tokens=20, stop_on_refusal=True)
+    assert r.verdict.label == "safety" and r.text == "" and r.finish_reason == "refusal" and r.generation_tokens == 0
+    assert model.generate("How do I bake bread?", max_tokens=4).generation_tokens == 4
+
+
+def test_no_head_still_generates(tiny_dir):
+    model = phasegpt.load(tiny_dir)
+    r = model.generate("hello", max_tokens=3)
+    assert r.verdict is None and r.generation_tokens == 3
+    with pytest.raises(ValueError, match="train-head"):
+        model.classify(["hello"])
+
+
+def test_bad_input(tiny_model):
+    with pytest.raises(ValueError, match="empty"):
+        tiny_model.classify(["   "])
+    with pytest.raises(ValueError, match="empty"):
+        tiny_model.generate("")
+    with pytest.raises(ValueError, match="2 prompts but 1 contexts"):
+        tiny_model.classify(["a", "b"], contexts=[None])
+    with pytest.raises(ValueError, match="document 1"):
+        tiny_model.classify(["a"], contexts=[["fine", 42]])
+    with pytest.raises(ValueError, match="list of prompts"):
+        tiny_model.classify("a single string")
+    with pytest.raises(ValueError, match="tokens but"):
+        tiny_model.classify(["word " * 5000])
+
+
+def test_head_refuses_another_base(tiny_model, tmp_path):
+    other = make_tiny_model_dir(tmp_path / "other", num_layers=3, seed=3)
+    head_dir = tmp_path / "head"
+    tiny_model.head.save(head_dir)
+    with pytest.raises(MismatchError, match="train-head"):
+        phasegpt.load(other, head=head_dir)
+
+
+def test_head_roundtrip_and_corruption(tiny_model, tmp_path):
+    d = tiny_model.head.save(tmp_path / "h")
+    again = Head.load(d)
+    assert again.config == tiny_model.head.config
+    w = d / "head.safetensors"
+    w.write_bytes(w.read_bytes()[:-8] + b"\0" * 8)
+    with pytest.raises(ModelLoadError, match="SHA-256"):
+        Head.load(d)
+    shutil.rmtree(d)
+    with pytest.raises(FileNotFoundError, match="train-head"):
+        Head.load(d)
+
+
+def test_adapter_folder_with_head_is_picked_up(tiny_dir, tiny_adapter, tmp_path):
+    folder = tmp_path / "bundle"
+    shutil.copytree(tiny_adapter, folder)
+    random_head(phasegpt.load(tiny_dir, adapter=tiny_adapter), folder)
+    model = phasegpt.load(tiny_dir, adapter=folder)
+    assert model.head is not None and model.classify(["hi"])[0].adapter_sha256 == model.loaded.adapter_sha256
+
+
+def test_typed_tags():
+    t = parse_tag("Sorry. <PASS:DURESS> I will not.")
+    assert (t.kind, t.type, t.label) == ("PASS", "DURESS", "safety")
+    assert parse_tag("<PASS:FAKE>").label == "epistemic"
+    assert parse_tag("<WONDER:SUBJECTIVE>").label is None
+    assert parse_tag("no tags here") is None
