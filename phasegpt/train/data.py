@@ -1,0 +1,105 @@
+"""Labelled prompts from JSONL: validation with file:line errors, splits, the bundled set.
+
+A line is ``{"prompt": str, "label": str, "context": null | str | [docs], ...}``; other
+fields (``id``, ``source``, ``split``, ``category``) are kept. ``label`` must be one of
+the four; rows labelled ``other`` are skipped when ``skip_other`` is set (the shared
+evaluation set has them as inspection-only items).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from phasegpt.prompting import Context, normalize_context
+from phasegpt.verdict import LABELS
+
+BUNDLED = Path(__file__).resolve().parents[1] / "data" / "prompts.jsonl"
+
+
+@dataclass(frozen=True)
+class Example:
+    """One labelled request."""
+
+    prompt: str
+    label: str
+    context: Context = None
+    source: str = ""
+    split: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """Stable id of the text (prompt and documents), used to deduplicate and cache."""
+        docs = [(d.id, d.text) for d in normalize_context(self.context)]
+        return hashlib.sha256(json.dumps([self.prompt, docs]).encode()).hexdigest()[:24]
+
+
+def read_jsonl(path: str | Path, *, skip_other: bool = True, require_label: bool = True) -> list[Example]:
+    """Read and validate a labelled JSONL file.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: a bad line, naming the file and line number and what to fix.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {path}")
+    out = []
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{n}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{where}: not valid JSON ({e.msg}); each line must be one JSON object") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+            prompt = row.get("prompt")
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise ValueError(f"{where}: missing or empty \"prompt\" (a non-empty string)")
+            label = row.get("label")
+            if label is None and not require_label:
+                label = ""
+            elif label == "other" and skip_other:
+                continue
+            elif label not in LABELS:
+                raise ValueError(f"{where}: unknown label {label!r}; use one of {', '.join(LABELS)}")
+            try:
+                normalize_context(row.get("context"))
+            except ValueError as e:
+                raise ValueError(f"{where}: {e}") from None
+            extra = {k: v for k, v in row.items() if k not in ("prompt", "label", "context", "source", "split")}
+            out.append(Example(prompt, label, row.get("context"), str(row.get("source") or ""),
+                               str(row.get("split") or ""), extra))
+    if not out:
+        raise ValueError(f"{path} holds no usable examples")
+    return out
+
+
+def check_labels(examples: Iterable[Example], what: str = "training data") -> None:
+    """Raise ValueError unless at least two labels are present (a classifier needs contrast)."""
+    present = sorted({e.label for e in examples})
+    if len(present) < 2:
+        raise ValueError(f"{what} has only the label {present}; a head needs examples of at least two labels "
+                         f"(ideally all of {', '.join(LABELS)})")
+
+
+def split(examples: list[Example], *, dev_fraction: float = 0.2, seed: int = 0) -> tuple[list[Example], list[Example]]:
+    """Use each example's own ``split`` field when present, else a stable hash split."""
+    train, dev = [], []
+    for e in examples:
+        if e.split in ("train", "dev"):
+            (train if e.split == "train" else dev).append(e)
+        elif e.split == "test":
+            continue  # never train or tune on test items
+        else:
+            h = int(hashlib.sha256(f"{seed}:{e.key}".encode()).hexdigest()[:8], 16) / 2**32
+            (dev if h < dev_fraction else train).append(e)
+    return train, dev

@@ -1,0 +1,100 @@
+"""Batched feature extraction for head training, with an on-disk cache.
+
+Features are the same pooled tapped states the head reads at inference time, for every
+candidate layer and both poolings at once: an array (N, L, 2, D) = (examples, layers,
+[last, mean], hidden). They come from ``Model.hidden_states``, the batched prefill path
+``classify`` uses, so training and inference cannot drift apart.
+
+The cache lives in ``$PHASEGPT_HOME/features/`` and is keyed by the model fingerprint,
+adapter, prompt template, layers and each example's text, so a second run (another
+pooling, another seed, more data) only computes what is new.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+
+from phasegpt.head import pool
+from phasegpt.paths import user_dir
+from phasegpt.train.data import Example
+
+
+def cache_file(model, layers: Sequence[int]) -> Path:
+    """Where features of ``model`` at ``layers`` are cached."""
+    ident = json.dumps([model.loaded.fingerprint, model.loaded.adapter_sha256, model.template,
+                        model.system, list(layers)])
+    return user_dir() / "features" / f"{hashlib.sha256(ident.encode()).hexdigest()[:20]}.npz"
+
+
+def extract(model, examples: Sequence[Example], layers: Sequence[int], *, batch_size: int = 16,
+            use_cache: bool = True, progress: bool = True) -> np.ndarray:
+    """Pooled features (N, L, 2, D) float32 for ``examples`` at ``layers`` ([last, mean] per layer).
+
+    Args:
+        model: a ``phasegpt.Model``.
+        examples: labelled or unlabelled examples (prompt and context are used).
+        layers: candidate layers (block indices).
+        batch_size: prompts per forward pass.
+        use_cache: read and extend the on-disk cache.
+        progress: show a progress bar on stderr.
+    """
+    layers = list(layers)
+    keys = [e.key for e in examples]
+    path = cache_file(model, layers)
+    cached: dict[str, np.ndarray] = {}
+    if use_cache and path.is_file():
+        try:
+            with np.load(path) as z:
+                cached = dict(zip(z["keys"].tolist(), z["feats"]))
+        except (OSError, ValueError, KeyError):
+            cached = {}  # a damaged cache is only a cache: recompute
+    todo = sorted({k: e for k, e in zip(keys, examples) if k not in cached}.items(),
+                  key=lambda kv: len(kv[1].prompt) + len(json.dumps(kv[1].context)))
+    if todo:
+        encoded = [(k, model.encode(e.prompt, e.context)) for k, e in todo]
+        encoded.sort(key=lambda kv: len(kv[1]))  # similar lengths in a batch pad less
+        _run(model, encoded, layers, batch_size, cached, progress)
+        if use_cache:
+            _save(path, cached)
+    return np.stack([cached[k] for k in keys]).astype(np.float32)
+
+
+def _run(model, encoded, layers, batch_size, out, progress) -> None:
+    import click
+
+    bar = click.progressbar(length=len(encoded), label="extracting features", file=sys.stderr) if progress else None
+    try:
+        for start in range(0, len(encoded), batch_size):
+            chunk = encoded[start:start + batch_size]
+            hidden, lengths = model.hidden_states([ids for _, ids in chunk], layers)
+            feats = pool(hidden, tuple(layers), "last+mean", lengths, model.span)  # (B, L*2*D)
+            mx.eval(feats)
+            arr = np.array(feats).reshape(len(chunk), len(layers), 2, -1)
+            for (k, _), row in zip(chunk, arr):
+                out[k] = row
+            if bar is not None:
+                bar.update(len(chunk))
+    finally:
+        if bar is not None:
+            bar.render_finish()
+
+
+def _save(path: Path, cached: dict[str, np.ndarray]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, keys=np.array(list(cached)), feats=np.stack(list(cached.values())))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

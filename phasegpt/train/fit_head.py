@@ -1,0 +1,210 @@
+"""Fit the refusal-reason head on extracted features: sweep, fit, calibrate, threshold.
+
+1. sweep  every candidate layer x pooling with a quick linear probe, scored by dev macro-F1;
+          then greedily add layers to the best one while dev macro-F1 improves;
+2. fit    class-weighted multinomial logistic regression (or a small MLP) on train;
+3. calibrate a temperature that minimises dev negative log-likelihood;
+4. threshold per-class offsets on dev (coordinate search for macro-F1).
+
+Plain numpy (its BLAS is fast everywhere) and deterministic for a given seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import mlx.core as mx
+import numpy as np
+
+from phasegpt.head import POOLINGS, Head, HeadConfig
+from phasegpt.verdict import LABELS
+
+_POOL_INDEX = {"last": [0], "mean": [1], "last+mean": [0, 1]}
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Options of ``fit_head``; every default is what the shipped head used."""
+
+    layers: tuple[int, ...] | None = None   # fixed layers (indices into the extracted candidates' layers); None = sweep
+    pooling: str | None = None              # fixed pooling; None = sweep POOLINGS
+    max_layers: int = 3                     # largest layer combination the greedy sweep tries
+    kind: str = "linear"                    # "linear" or "mlp"
+    mlp_hidden: int = 256                   # width of the MLP's hidden layer
+    l2: float = 1e-3                        # weight decay on standardised features
+    steps: int = 400                        # full-batch Adam steps (linear); MLP uses epochs of minibatches
+    lr: float = 0.05                        # Adam learning rate
+    tune_thresholds: bool = True            # fit per-class offsets on dev
+    seed: int = 0
+
+
+def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mean = x.mean(axis=0)
+    std = x.std(axis=0) + 1e-3  # small floor: constant dims must not blow up
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def _fit_linear(x: np.ndarray, y: np.ndarray, cfg: FitConfig, kind: str | None = None) -> dict[str, np.ndarray]:
+    """Class-weighted softmax regression (or MLP) with Adam; returns head arrays."""
+    kind = kind or cfg.kind
+    rng = np.random.default_rng(cfg.seed)
+    mean, std = _standardise(x)
+    z = (x - mean) / std
+    n, f = z.shape
+    c = len(LABELS)
+    counts = np.bincount(y, minlength=c).astype(np.float32)
+    weight = (n / (c * np.maximum(counts, 1)))[y]  # balanced: every class weighs the same in the loss
+    onehot = np.eye(c, dtype=np.float32)[y]
+    params: dict[str, np.ndarray] = {}
+    if kind == "mlp":
+        params["w1"] = (rng.standard_normal((f, cfg.mlp_hidden)) * np.sqrt(2 / f)).astype(np.float32)
+        params["b1"] = np.zeros(cfg.mlp_hidden, np.float32)
+        fin = cfg.mlp_hidden
+    else:
+        fin = f
+    params["w"] = np.zeros((fin, c), np.float32)
+    params["b"] = np.zeros(c, np.float32)
+    m = {k: np.zeros_like(v) for k, v in params.items()}
+    v = {k: np.zeros_like(v) for k, v in params.items()}
+    steps = cfg.steps if kind == "linear" else max(cfg.steps // 2, 50)
+    batch = n if kind == "linear" else min(n, 256)
+    for t in range(1, steps + 1):
+        idx = slice(None) if batch == n else rng.choice(n, batch, replace=False)
+        zb, ob, wb = z[idx], onehot[idx], weight[idx]
+        h = np.maximum(zb @ params["w1"] + params["b1"], 0) if kind == "mlp" else zb
+        logits = h @ params["w"] + params["b"]
+        p = np.exp(logits - logits.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        g = (p - ob) * wb[:, None] / wb.sum()  # d loss / d logits
+        grads = {"w": h.T @ g + cfg.l2 * params["w"], "b": g.sum(axis=0)}
+        if kind == "mlp":
+            gh = (g @ params["w"].T) * (h > 0)
+            grads["w1"] = zb.T @ gh + cfg.l2 * params["w1"]
+            grads["b1"] = gh.sum(axis=0)
+        for k in params:
+            m[k] = 0.9 * m[k] + 0.1 * grads[k]
+            v[k] = 0.999 * v[k] + 0.001 * grads[k] ** 2
+            params[k] -= cfg.lr * (m[k] / (1 - 0.9**t)) / (np.sqrt(v[k] / (1 - 0.999**t)) + 1e-8)
+    return {"mean": mean, "std": std, **params}
+
+
+def _logits(arrays: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+    z = (x - arrays["mean"]) / arrays["std"]
+    if "w1" in arrays:
+        z = np.maximum(z @ arrays["w1"] + arrays["b1"], 0)
+    return z @ arrays["w"] + arrays["b"]
+
+
+def _softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    s = logits / temperature
+    p = np.exp(s - s.max(axis=1, keepdims=True))
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def macro_f1(y: np.ndarray, pred: np.ndarray) -> float:
+    """Macro-F1 over the four labels (labels absent from both y and pred are skipped)."""
+    f1s = []
+    for k in range(len(LABELS)):
+        tp = np.sum((pred == k) & (y == k))
+        denom = np.sum(pred == k) + np.sum(y == k)
+        if denom:
+            f1s.append(2 * tp / denom)
+    return float(np.mean(f1s))
+
+
+def _select(feats: np.ndarray, layer_idx: tuple[int, ...], pooling: str) -> np.ndarray:
+    """(N, L, 2, D) -> (N, F) in the head's feature order: per layer, [last][mean]."""
+    return feats[:, list(layer_idx)][:, :, _POOL_INDEX[pooling]].reshape(len(feats), -1)
+
+
+def _score(train, ytr, dev, ydv, layer_idx, pooling, cfg) -> float:
+    arrays = _fit_linear(_select(train, layer_idx, pooling), ytr, cfg, kind="linear")
+    return macro_f1(ydv, _logits(arrays, _select(dev, layer_idx, pooling)).argmax(axis=1))
+
+
+def sweep(train: np.ndarray, ytr: np.ndarray, dev: np.ndarray, ydv: np.ndarray, cfg: FitConfig,
+          log=lambda s: None) -> tuple[tuple[int, ...], str, list[dict[str, Any]]]:
+    """Pick layers (indices into the candidate axis) and pooling by dev macro-F1."""
+    n_layers = train.shape[1]
+    poolings = (cfg.pooling,) if cfg.pooling else POOLINGS
+    if cfg.layers is not None:
+        if len(poolings) == 1:
+            return tuple(cfg.layers), poolings[0], []
+        singles = [(tuple(cfg.layers), p) for p in poolings]
+    else:
+        singles = [((i,), p) for i in range(n_layers) for p in poolings]
+    table = []
+    for layer_idx, p in singles:
+        table.append({"layers": list(layer_idx), "pooling": p, "dev_macro_f1": _score(train, ytr, dev, ydv, layer_idx, p, cfg)})
+        log(f"  layers {list(layer_idx)} {p:<9} dev macro-F1 {table[-1]['dev_macro_f1']:.3f}")
+    best = max(table, key=lambda r: r["dev_macro_f1"])
+    layers, pooling, score = tuple(best["layers"]), best["pooling"], best["dev_macro_f1"]
+    while cfg.layers is None and len(layers) < cfg.max_layers:
+        trials = [(tuple(sorted(layers + (i,))), _score(train, ytr, dev, ydv, tuple(sorted(layers + (i,))), pooling, cfg))
+                  for i in range(n_layers) if i not in layers]
+        if not trials:
+            break
+        cand, s = max(trials, key=lambda t: t[1])
+        table.append({"layers": list(cand), "pooling": pooling, "dev_macro_f1": s})
+        log(f"  layers {list(cand)} {pooling:<9} dev macro-F1 {s:.3f}")
+        if s <= score + 1e-3:
+            break
+        layers, score = cand, s
+    return layers, pooling, table
+
+
+def calibrate(logits: np.ndarray, y: np.ndarray) -> float:
+    """Temperature minimising negative log-likelihood (grid over 0.05..20, then refined)."""
+    def nll(t: float) -> float:
+        return float(-np.mean(np.log(_softmax(logits, t)[np.arange(len(y)), y] + 1e-12)))
+
+    grid = np.exp(np.linspace(np.log(0.05), np.log(20), 60))
+    best = min(grid, key=nll)
+    fine = best * np.exp(np.linspace(-0.1, 0.1, 21))
+    return float(min(fine, key=nll))
+
+
+def tune_thresholds(probs: np.ndarray, y: np.ndarray, rounds: int = 2) -> np.ndarray:
+    """Per-class offsets subtracted from probs before argmax, by coordinate search on macro-F1."""
+    t = np.zeros(probs.shape[1])
+    grid = np.linspace(-0.3, 0.3, 25)
+    for _ in range(rounds):
+        for k in range(probs.shape[1] - 1):  # "answer" stays the reference at 0
+            scores = []
+            for g in grid:
+                t2 = t.copy()
+                t2[k] = g
+                scores.append(macro_f1(y, (probs - t2).argmax(axis=1)))
+            t[k] = grid[int(np.argmax(scores))] if max(scores) > macro_f1(y, (probs - t).argmax(axis=1)) else t[k]
+    return t
+
+
+def fit_head(train: np.ndarray, ytr: np.ndarray, dev: np.ndarray, ydv: np.ndarray, *, layers: list[int],
+             cfg: FitConfig = FitConfig(), identity: dict[str, Any], log=lambda s: None) -> Head:
+    """Sweep, fit, calibrate and threshold a head on features from ``features.extract``.
+
+    Args:
+        train, dev: features (N, L, 2, D) for the candidate ``layers``.
+        ytr, ydv: label indices into LABELS.
+        layers: the model layer index of each candidate on axis 1.
+        cfg: fitting options.
+        identity: HeadConfig fields naming the base (base_model, base_fingerprint,
+            adapter_sha256, hidden_size) and the training record.
+        log: called with progress lines.
+    """
+    layer_idx, pooling, table = sweep(train, ytr, dev, ydv, cfg, log)
+    xtr, xdv = _select(train, layer_idx, pooling), _select(dev, layer_idx, pooling)
+    arrays = _fit_linear(xtr, ytr, cfg)
+    dev_logits = _logits(arrays, xdv)
+    temperature = calibrate(dev_logits, ydv)
+    probs = _softmax(dev_logits, temperature)
+    offsets = tune_thresholds(probs, ydv) if cfg.tune_thresholds else np.zeros(len(LABELS))
+    pred = (probs - offsets).argmax(axis=1)
+    metrics = {"dev_macro_f1": macro_f1(ydv, pred), "dev_accuracy": float(np.mean(pred == ydv)),
+               "dev_macro_f1_argmax": macro_f1(ydv, probs.argmax(axis=1)),
+               "n_train": int(len(ytr)), "n_dev": int(len(ydv)), "sweep": table}
+    config = HeadConfig(layers=tuple(layers[i] for i in layer_idx), pooling=pooling, kind=cfg.kind,
+                        temperature=temperature, thresholds=dict(zip(LABELS, map(float, offsets))),
+                        metrics=metrics, **identity)
+    return Head(config, {k: mx.array(v) for k, v in arrays.items()})
