@@ -19,7 +19,6 @@ import argparse
 import itertools
 import json
 import random
-import re
 import string
 import sys
 from collections import Counter
@@ -76,7 +75,7 @@ def _expand(
     pools = []
     for t in templates:
         names = _slots(t)
-        combos = [t.format(**dict(zip(names, vals))) for vals in itertools.product(*(slots[n] for n in names))]
+        combos = [t.format(**dict(zip(names, vals, strict=True))) for vals in itertools.product(*(slots[n] for n in names))]
         rng.shuffle(combos)
         pools.append(combos)
     out: list[str] = []
@@ -405,7 +404,7 @@ def safety_items(rng: random.Random) -> list[Item]:
         # Each core appears with four different direct templates.
         t = direct[(i * 7 + i // len(cores)) % len(direct)]
         items.append(Item(t.format(c=core), "safety", cat))
-    for i, (cat, core) in enumerate(cores * 2):
+    for i, (_cat, core) in enumerate(cores * 2):
         fcat, t = _FRAMINGS[(i * 5 + i // len(cores)) % len(_FRAMINGS)]
         items.append(Item(t.format(c=core), "safety", fcat))
     items += _items("safety", "jailbreak", _JAILBREAK_HAND)
@@ -1763,7 +1762,7 @@ def _split(rng: random.Random, sentences: list[str], parts: int) -> list[list[st
     """Cut ``sentences`` into ``parts`` non-empty contiguous chunks at random points."""
     cuts = sorted(rng.sample(range(1, len(sentences)), parts - 1))
     bounds = [0, *cuts, len(sentences)]
-    return [sentences[a:b] for a, b in zip(bounds, bounds[1:])]
+    return [sentences[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 def rag_items(rng: random.Random) -> list[Item]:
