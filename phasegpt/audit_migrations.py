@@ -1,0 +1,400 @@
+"""The audit log's storage format: what a record holds, its hash, the chain check, migrations.
+
+Everything here is a promise to logs already written, so none of it changes once
+released: a schema change is a *new* migration appended at the end of this file
+(never an edit to an old one), and ``record_hash`` must keep giving the same digest
+for the same fields, or every existing chain would stop verifying.
+
+Migrations run in order inside one write transaction, each recorded by name in the
+``_migrations`` table (as simonw/llm does), so reopening a log is idempotent and
+many processes may open the same new log at once. ``phasegpt.audit`` is the API.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import math
+import os
+import secrets
+import sqlite3
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from phasegpt.errors import AuditError
+from phasegpt.verdict import LABELS, Verdict
+
+# prev_hash of the first record in every chain.
+GENESIS = "0" * 64
+
+# The fields of a record, in column order. Every one of them is covered by the hash;
+# the table's rowid `seq` (chain position) is deliberately not, so that moving a
+# record shows up as a broken link ("reordered") rather than as an edit.
+FIELDS: tuple[str, ...] = (
+    "id", "created_at", "duration", "source",
+    "model", "model_fingerprint", "adapter_sha256", "head_sha256", "layers", "thresholds",
+    "label", "probs", "confidence", "evidence", "tag", "verdict_source",
+    "prompt_hash", "response_hash", "contexts", "prompt", "response",
+    "metadata", "version", "prev_id", "prev_hash",
+)  # fmt: skip
+
+# Fields stored as JSON text in their column (the rest are plain SQL values).
+JSON_FIELDS: frozenset[str] = frozenset({"layers", "thresholds", "probs", "evidence", "tag", "contexts", "metadata"})
+CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # ULID alphabet
+_FROM_CROCKFORD = str.maketrans(CROCKFORD, "0123456789abcdefghijklmnopqrstuv")  # to int(..., 32) digits
+
+
+# -- record content ------------------------------------------------------------------
+
+
+def canonical_json(value: Any) -> str:
+    """JSON with sorted keys, no spaces and ASCII only: the bytes the chain hashes."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+def record_hash(fields: Mapping[str, Any]) -> str:
+    """SHA-256 (hex) of a record's fields in canonical JSON, ``prev_hash`` included.
+
+    Plain SHA-256, not keyed, so anyone holding an export can re-check the chain
+    without the log's secret key.
+    """
+    return hashlib.sha256(canonical_json(dict(fields)).encode("ascii")).hexdigest()
+
+
+def encode(fields: Mapping[str, Any]) -> dict[str, str]:
+    """Each field's value in canonical JSON: the pieces ``hash_encoded`` joins."""
+    return {name: canonical_json(value) for name, value in fields.items()}
+
+
+def hash_encoded(encoded: Mapping[str, str]) -> str:
+    """``record_hash`` from values already encoded by ``encode``, so the writer can encode
+    (a 10 MB prompt, say) before taking the lock. Same bytes as ``canonical_json``: field
+    names are plain ASCII identifiers, so quoting them is all their encoding does."""
+    text = "{" + ",".join(f'"{name}":{encoded[name]}' for name in sorted(encoded)) + "}"
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def row_to_fields(row: Mapping[str, Any] | sqlite3.Row) -> dict[str, Any]:
+    """The hashed fields of a ``records`` row, JSON columns decoded."""
+    return {f: (json.loads(row[f]) if f in JSON_FIELDS and row[f] is not None else row[f]) for f in FIELDS}
+
+
+def fields_to_row(fields: Mapping[str, Any], encoded: Mapping[str, str] | None = None) -> tuple[Any, ...]:
+    """Column values for ``INSERT INTO records`` in ``FIELDS`` order (JSON columns from ``encoded`` if given)."""
+    enc = encoded if encoded is not None else encode({f: fields[f] for f in JSON_FIELDS})
+    return tuple(enc[f] if f in JSON_FIELDS else fields[f] for f in FIELDS)
+
+
+def verdict_fields(verdict: Verdict, source: str, duration: float | None, metadata: dict | None) -> dict[str, Any]:
+    """The record fields that come from the verdict and the caller (validated)."""
+    if verdict.label not in LABELS:
+        raise ValueError(f"verdict label {verdict.label!r} is not one of {', '.join(LABELS)}")
+    if source not in ("cli", "api"):
+        raise ValueError(f"source must be 'cli' or 'api', not {source!r}")
+    if duration is not None and not (math.isfinite(duration) and duration >= 0):
+        raise ValueError(f"duration must be seconds >= 0, not {duration!r}")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise TypeError(f"metadata must be a dict or None, not {type(metadata).__name__}")
+    numbers = {"confidence": verdict.confidence, **{f"probs[{k}]": v for k, v in verdict.probs.items()}}
+    for name, value in numbers.items():
+        if not math.isfinite(float(value)):
+            raise ValueError(f"verdict {name} is {value}; the head produced a non-finite probability")
+    try:
+        # Round-trip through JSON so what is hashed now is exactly what is read back later.
+        meta = json.loads(canonical_json(metadata or {}))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"metadata must be JSON-serialisable (str, numbers, lists, dicts): {e}") from e
+    tag = verdict.tag
+    return {
+        "duration": None if duration is None else float(duration),
+        "source": source,
+        "model": verdict.model,
+        "model_fingerprint": verdict.model_fingerprint,
+        "adapter_sha256": verdict.adapter_sha256,
+        "head_sha256": verdict.head_sha256,
+        "layers": [int(x) for x in verdict.layers],
+        "thresholds": {str(k): float(v) for k, v in verdict.thresholds.items()},
+        "label": verdict.label,
+        "probs": {str(k): float(v) for k, v in verdict.probs.items()},
+        "confidence": float(verdict.confidence),
+        "evidence": [str(t) for t in verdict.evidence],
+        "tag": None if tag is None else {"text": tag.text, "kind": tag.kind, "type": tag.type, "label": tag.label},
+        "verdict_source": verdict.source,
+        "metadata": meta,
+        "version": _version(),
+    }
+
+
+def text_fields(
+    key: bytes, prompt: Any, contexts: Sequence[Any] | None, response: Any, *, store_text: bool
+) -> dict[str, Any]:
+    """Keyed hashes of the prompt, documents and response; their text only if ``store_text``."""
+    docs = []
+    for i, doc in enumerate(contexts or ()):
+        if isinstance(doc, dict):
+            if "text" not in doc:
+                raise ValueError(f"context #{i} is a dict without 'text'; pass {{'id': ..., 'text': ...}}")
+            doc_id, text = doc.get("id"), doc["text"]
+            doc_id = doc_id if doc_id is None or isinstance(doc_id, (int, str)) else str(doc_id)
+        else:
+            doc_id, text = None, doc
+        entry = {"id": doc_id, "hash": keyed_hash(key, text, f"context #{i}")}
+        if store_text:
+            entry["text"] = as_text(text)
+        docs.append(entry)
+    return {
+        "prompt_hash": keyed_hash(key, prompt, "prompt"),
+        "response_hash": None if response is None else keyed_hash(key, response, "response"),
+        "contexts": docs,
+        "prompt": as_text(prompt) if store_text else None,
+        "response": as_text(response) if store_text and response is not None else None,
+    }
+
+
+def _version() -> str:
+    import phasegpt  # at call time: the package may import this module
+
+    return getattr(phasegpt, "__version__", "unknown")
+
+
+def keyed_hash(key: bytes, value: Any, what: str) -> str:
+    """HMAC-SHA256 (hex) of a str (as UTF-8) or bytes under the log's key."""
+    if isinstance(value, str):
+        # surrogatepass: a str decoded with surrogateescape still hashes instead of crashing.
+        value = value.encode("utf-8", "surrogatepass")
+    elif not isinstance(value, (bytes, bytearray, memoryview)):
+        raise TypeError(f"{what} must be str or bytes, not {type(value).__name__}")
+    return hmac.new(key, value, hashlib.sha256).hexdigest()
+
+
+def as_text(value: str | bytes) -> str:
+    """Text safe to store: undecodable bytes become visible \\x.. escapes."""
+    if isinstance(value, str):
+        value = value.encode("utf-8", "surrogatepass")
+    return bytes(value).decode("utf-8", "backslashreplace")
+
+
+def next_id(now_ns: int, last_id: str | None) -> str:
+    """A ULID (48-bit ms time + 80 random bits), made strictly greater than ``last_id``.
+
+    Called under the write lock, so ids increase along the chain even when several
+    processes write in the same millisecond or the clock steps back.
+    """
+    value = ((now_ns // 1_000_000) << 80) | secrets.randbits(80)
+    if last_id is not None:
+        value = max(value, int(last_id.translate(_FROM_CROCKFORD), 32) + 1)
+    return "".join(CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
+
+
+def load_or_create_key(path: Path) -> bytes:
+    """Read the log's HMAC key, creating it (mode 0600, atomically) on first use."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # mkstemp makes the file 0600; link() publishes it complete, or fails if another
+        # process got there first, in which case its key is the one to use.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".audit-key-")
+        try:
+            os.write(fd, secrets.token_hex(32).encode("ascii") + b"\n")
+            os.fsync(fd)
+            os.close(fd)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass
+        except OSError as e:
+            raise AuditError(f"cannot create audit key file {path}: {e}; check the folder is writable") from e
+        finally:
+            os.unlink(tmp)
+    try:
+        text = path.read_text("ascii").strip()
+        key = bytes.fromhex(text)
+    except (OSError, ValueError) as e:
+        raise AuditError(f"cannot read audit key file {path}: {e}; restore it from backup") from e
+    if len(key) != 32:
+        raise AuditError(f"audit key file {path} is damaged (expected 64 hex digits); restore it from backup")
+    return key
+
+
+# -- chain check ----------------------------------------------------------------------
+
+
+def walk(db: sqlite3.Connection) -> dict[str, Any]:
+    """Re-hash every record in chain order, follow the links, then compare with the head.
+
+    The caller holds a read transaction, so head and records are one snapshot.
+
+    Returns:
+        The fields of ``phasegpt.audit.VerifyResult``.
+    """
+    head = db.execute("SELECT count, last_id, last_hash FROM chain_head").fetchone()
+    if head is None:
+        return _result(0, None, "truncated", "the chain_head row is missing, so a cut-off tail cannot be ruled out")
+    count, last_id, last_hash = head
+    prev, n = None, 0
+    for row in db.execute("SELECT * FROM records ORDER BY seq"):
+        try:
+            intact = record_hash(row_to_fields(row)) == row["hash"]
+        except ValueError:  # a JSON column no longer parses
+            intact = False
+        if not intact:
+            detail = f"record {row['id']} (#{n + 1}) no longer matches its hash: a field was changed"
+            return _result(n, row["id"], "edited", detail, last_hash)
+        want_id, want_hash = (prev["id"], prev["hash"]) if prev else (None, GENESIS)
+        if row["prev_id"] != want_id or row["prev_hash"] != want_hash:
+            return _result(n, *_broken_link(db, row, prev, last_id), last_hash)
+        prev, n = row, n + 1
+    end_id, end_hash = (prev["id"], prev["hash"]) if prev else (None, GENESIS)
+    if n == count and end_hash == last_hash:
+        return _result(n, None, None, "", last_hash)
+    if n < count and end_id != last_id:
+        detail = (
+            f"the log ends after {n} records (at {end_id or 'the start'}) but the chain head says {count}, "
+            f"ending at {last_id}: {count - n} records were cut from the end"
+        )
+        return _result(n, last_id, "truncated", detail, last_hash)
+    if n > count:
+        # The head's last record is where the real chain ended; anything after it was added.
+        extra = db.execute(
+            "SELECT id FROM records WHERE seq > coalesce((SELECT seq FROM records WHERE id = ?), 0) "
+            "ORDER BY seq LIMIT 1",
+            (last_id,),
+        ).fetchone()
+        detail = f"{n - count} records more than the chain head counts; the first is {extra['id']}"
+        return _result(n, extra["id"], "inserted", detail, last_hash)
+    # Same length or same last record, yet the head disagrees: the chain was rebuilt.
+    detail = f"the chain head expects record {last_id} with another hash: records were removed or re-hashed"
+    return _result(n, last_id, "edited" if end_id == last_id else "deleted", detail, last_hash)
+
+
+def _broken_link(db: sqlite3.Connection, row: sqlite3.Row, prev: sqlite3.Row | None, head_id: str | None) -> tuple:
+    """Name what happened where ``row`` does not link to ``prev``: (record id, problem, detail)."""
+    rid, pid = row["id"], row["prev_id"]
+    want = prev["id"] if prev else None
+    hit = db.execute("SELECT seq FROM records WHERE id = ?", (pid,)).fetchone() if pid else None
+    if hit and hit["seq"] > row["seq"]:
+        return rid, "reordered", f"record {rid} comes before {pid}, the record it was written after"
+    if prev is not None and pid == want:
+        return want, "edited", f"record {want} was changed and re-hashed: {rid} recorded another hash for it"
+    after = db.execute("SELECT prev_id FROM records WHERE seq > ? ORDER BY seq LIMIT 1", (row["seq"],)).fetchone()
+    # `row` is an intruder when the chain carries on past it as if it were not there.
+    if (after["prev_id"] if after else head_id) == want:
+        return rid, "inserted", f"record {rid} is not part of the chain: the next record links to {want or 'the start'}"
+    if pid is not None and hit is None:
+        return pid, "deleted", f"record {pid} is missing: {rid} was written right after it"
+    # `row` links to a record further back: what stands between is not part of the chain.
+    first = db.execute(
+        "SELECT id FROM records WHERE seq > ? ORDER BY seq LIMIT 1", (hit["seq"] if hit else 0,)
+    ).fetchone()
+    return first["id"], "inserted", f"record {first['id']} is not part of the chain: {rid} links past it"
+
+
+def _result(checked: int, record_id: str | None, problem: str | None, detail: str, head: str = "") -> dict:
+    return {
+        "ok": problem is None,
+        "checked": checked,
+        "record_id": record_id,
+        "problem": problem,
+        "detail": detail,
+        "head_hash": head,
+    }
+
+
+# -- migrations: append new ones at the end, never edit a released one -------------------
+
+Migration = Callable[[sqlite3.Connection], None]
+MIGRATIONS: list[Migration] = []
+
+
+def migration(fn: Migration) -> Migration:
+    """Register ``fn`` as the next migration (its name is what gets recorded)."""
+    MIGRATIONS.append(fn)
+    return fn
+
+
+def applied(db: sqlite3.Connection) -> list[str]:
+    """Names of the migrations already applied to ``db`` (empty for a new file)."""
+    exists = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_migrations'").fetchone()
+    if not exists:
+        return []
+    return [r[0] for r in db.execute("SELECT name FROM _migrations ORDER BY rowid")]
+
+
+def pending(db: sqlite3.Connection) -> list[Migration]:
+    """The migrations not yet applied to ``db``, in order."""
+    done = set(applied(db))
+    return [fn for fn in MIGRATIONS if fn.__name__ not in done]
+
+
+def migrate(db: sqlite3.Connection) -> list[str]:
+    """Apply the pending migrations; the caller holds the write transaction.
+
+    Returns:
+        The names of the migrations applied now (empty when already up to date).
+    """
+    db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+    names = []
+    for fn in pending(db):
+        fn(db)
+        now = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+        db.execute("INSERT INTO _migrations (name, applied_at) VALUES (?, ?)", (fn.__name__, now))
+        names.append(fn.__name__)
+    return names
+
+
+@migration
+def m001_initial(db: sqlite3.Connection) -> None:
+    """Records, the chain head, and a small key/value table for the log's own facts."""
+    db.execute(
+        """
+        CREATE TABLE records (
+            seq INTEGER PRIMARY KEY,        -- chain position; not hashed
+            id TEXT NOT NULL UNIQUE,        -- ULID, increasing along the chain
+            created_at TEXT NOT NULL,       -- UTC ISO 8601, microseconds
+            duration REAL,                  -- seconds the verdict took, if known
+            source TEXT NOT NULL,           -- "cli" or "api"
+            model TEXT NOT NULL,
+            model_fingerprint TEXT NOT NULL,
+            adapter_sha256 TEXT,
+            head_sha256 TEXT NOT NULL,
+            layers TEXT NOT NULL,           -- JSON list of ints
+            thresholds TEXT NOT NULL,       -- JSON object label -> float
+            label TEXT NOT NULL,
+            probs TEXT NOT NULL,            -- JSON object label -> float
+            confidence REAL NOT NULL,
+            evidence TEXT NOT NULL,         -- JSON list of tokens
+            tag TEXT,                       -- JSON object, or NULL
+            verdict_source TEXT NOT NULL,   -- "head" or "tag"
+            prompt_hash TEXT NOT NULL,      -- HMAC-SHA256 under the log's key
+            response_hash TEXT,
+            contexts TEXT NOT NULL,         -- JSON list of {"id", "hash"[, "text"]}
+            prompt TEXT,                    -- only with store_text=True
+            response TEXT,                  -- only with store_text=True
+            metadata TEXT NOT NULL,         -- caller's JSON object
+            version TEXT NOT NULL,          -- phasegpt version that wrote it
+            prev_id TEXT,
+            prev_hash TEXT NOT NULL,
+            hash TEXT NOT NULL
+        )
+        """
+    )
+    db.execute("CREATE INDEX records_label ON records (label)")
+    db.execute("CREATE INDEX records_created_at ON records (created_at)")
+    db.execute("CREATE INDEX records_model ON records (model)")
+    # One row, updated in the same transaction as every insert: lets verify() notice
+    # records cut off the end of the chain, which links alone cannot show.
+    db.execute(
+        """
+        CREATE TABLE chain_head (
+            one INTEGER PRIMARY KEY CHECK (one = 1),
+            count INTEGER NOT NULL,
+            last_id TEXT,
+            last_hash TEXT NOT NULL
+        )
+        """
+    )
+    db.execute("INSERT INTO chain_head (one, count, last_id, last_hash) VALUES (1, 0, NULL, ?)", (GENESIS,))
+    db.execute("CREATE TABLE audit_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
