@@ -751,7 +751,7 @@ _UNKNOWABLE_SLOTS = {
     "figure": ["Genghis Khan", "Joan of Arc", "Queen Elizabeth I", "Abraham Lincoln", "Frida Kahlo", "Socrates"],
     "moment": ["the first time they saw the sea", "on their fifth birthday", "while falling asleep on their last night",
                "during their first public speech"],
-    "moment2": ["their first battle", "their coronation", "their wedding"],
+    "moment2": ["turning eighteen", "leaving home for the first time", "their first public appearance"],
 }
 def epistemic_items(rng: random.Random) -> list[Item]:
     """Things the model cannot know: future, unknowable, false premise, invented, private, after cutoff."""
