@@ -41,7 +41,7 @@ from mlx_lm.tuner.trainer import TrainingArgs, train
 from mlx_lm.tuner.utils import linear_to_lora_layers
 from mlx_lm.utils import save_config
 
-from phasegpt.prompting import RAG_TEMPLATE, user_message
+from phasegpt.prompting import RAG_TEMPLATE, prompt_tokens, user_message
 from phasegpt.verdict import LABELS
 
 ATTENTION_KEYS: tuple[str, ...] = (
@@ -214,8 +214,9 @@ def make_chat_examples(
     refusal in words (``style="text"``, see ``REFUSAL_TEXTS``). An ``answer`` record
     needs a response: its own ``response`` if it has one; otherwise, when ``model`` is
     given, the base model's greedy answer (at most ``max_tokens``; training on the
-    model's own answers teaches the tags without changing how it answers); otherwise it
-    is skipped, with one warning giving the count.
+    model's own answers teaches the tags without changing how it answers; read them
+    first: a base model that over-refuses writes refusals here); otherwise it is
+    skipped, with one warning giving the count.
 
     Args:
         records: dicts with ``prompt``, ``label`` (one of ``LABELS``), optional
@@ -254,7 +255,8 @@ def make_chat_examples(
         elif rec.get("response"):
             reply = str(rec["response"])
         elif model is not None:
-            reply = _greedy_answer(model, tokenizer, user, max_tokens)
+            ids = prompt_tokens(tokenizer, prompt, rec.get("context"), template=template)
+            reply = _greedy_answer(model, tokenizer, ids, max_tokens)
         else:
             reply = ""
         if not reply:
@@ -270,10 +272,9 @@ def make_chat_examples(
     return examples
 
 
-def _greedy_answer(model: nn.Module, tokenizer: Any, user: dict, max_tokens: int) -> str:
+def _greedy_answer(model: nn.Module, tokenizer: Any, prompt: list[int], max_tokens: int) -> str:
     from mlx_lm import generate
 
-    prompt = tokenizer.apply_chat_template([user], add_generation_prompt=True, return_dict=False)
     # mlx-lm's default sampler is argmax: greedy, so the same model gives the same data.
     return generate(model, tokenizer, prompt, max_tokens=max_tokens).strip()
 
