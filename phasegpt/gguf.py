@@ -96,7 +96,8 @@ def load_gguf(path: str | Path) -> tuple[nn.Module, TokenizerWrapper, dict[str, 
     architecture, tensor_types = _read_header(path)
     if architecture not in ARCHITECTURES:
         raise ModelLoadError(
-            f"unsupported GGUF architecture {architecture} (phasegpt reads llama and mistral) in {path}"
+            f"unsupported GGUF architecture {architecture or '(none given)'} (phasegpt reads llama and mistral) "
+            f"in {path}"
         )
     bad = [(name, kind) for name, kind in tensor_types.items() if kind not in _READABLE_TYPES]
     if bad:
@@ -410,6 +411,8 @@ def _sentencepiece_bpe(tokens: list[str], metadata: dict, token_types: list[int]
     unknown = metadata.get("tokenizer.ggml.unknown_token_id")
     unk = tokens[int(unknown.item())] if unknown is not None else None
     backend = Tokenizer(models.BPE(vocab, merges, unk_token=unk, fuse_unk=True, byte_fallback=True))
+    # "first" as in transformers' LlamaTokenizer: one space before the text, none after special
+    # tokens and none extra before text that already starts with a space (llama.cpp adds both).
     backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581",
                                                      prepend_scheme="first" if add_prefix else "never", split=False)
     steps = [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import phasegpt  # noqa: F401  (first: binds MLX to the optimized BLAS before mlx.core loads)
-
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
@@ -14,7 +12,6 @@ from mlx_lm.models import llama
 
 from phasegpt.errors import ModelLoadError
 from phasegpt.gguf import load_gguf
-from phasegpt.hub import smollm2_gguf
 from tests import gguf_fixtures as fx
 
 VOCAB = len(fx.byte_level_vocab()[0])
@@ -41,7 +38,7 @@ def write_float(tmp_path: Path, *, tied: bool = True, drop: tuple[str, ...] = ()
 
 def test_tied_model_shapes_config_and_logits(tmp_path):
     path, weights = write_float(tmp_path, tied=True)
-    model, tokenizer, config = load_gguf(path)
+    model, _, config = load_gguf(path)
 
     assert isinstance(model, llama.Model)
     assert len(model.layers) == 2 and not hasattr(model, "lm_head")
@@ -241,31 +238,32 @@ def test_not_a_gguf_and_missing_file(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def smollm2():
-    return load_gguf(smollm2_gguf())
+def smollm2_raw(smollm2_path):
+    """The packaged SmolLM2 straight from load_gguf (conftest's ``smollm2`` goes through phasegpt.load)."""
+    return load_gguf(smollm2_path)
 
 
 @pytest.mark.slow
-def test_smollm2_loads_quantized(smollm2):
-    model, _, config = smollm2
+def test_smollm2_loads_quantized(smollm2_raw):
+    model, _, config = smollm2_raw
     assert all(isinstance(layer.self_attn.q_proj, nn.QuantizedLinear) for layer in model.layers)
     assert isinstance(model.layers[0].mlp.down_proj, nn.QuantizedLinear)
     assert config["tie_word_embeddings"] is True and config["quantization"]["bits"] == 4
 
 
 @pytest.mark.slow
-def test_smollm2_answers_paris(smollm2):
+def test_smollm2_answers_paris(smollm2_raw):
     from mlx_lm import generate
 
-    model, tokenizer, _ = smollm2
+    model, tokenizer, _ = smollm2_raw
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
                                            add_generation_prompt=True)
-    assert "Paris" in generate(model, tokenizer, prompt, max_tokens=12)
+    assert "Paris" in generate(model, tokenizer, prompt, max_tokens=8)
 
 
 @pytest.mark.slow
-def test_smollm2_tokenizer_round_trips(smollm2):
-    _, tokenizer, _ = smollm2
+def test_smollm2_tokenizer_round_trips(smollm2_raw):
+    _, tokenizer, _ = smollm2_raw
     text = "Tokenizers split 2024 words, naïvely: «ok»?\n\tYes."
     assert tokenizer.decode(tokenizer.encode(text)) == text
     for special in ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "<file_sep>"):
