@@ -21,7 +21,7 @@ from typing import Any
 LABELS: tuple[str, ...] = ("safety", "epistemic", "missing_context", "answer")
 REFUSALS: frozenset[str] = frozenset(LABELS[:3])
 
-# PhaseGPT's typed-refusal tags. Types not listed here (SUBJECTIVE, CONTESTED,
+# PhaseGPT's typed-refusal tags (and phasegpt's CONTEXT). Types not listed here (SUBJECTIVE, CONTESTED,
 # CREATIVE, LEGAL, PERSONA, SELF, LOOP, ...) are kept verbatim with label None:
 # they are reasons of their own that fit none of our four labels.
 TAG_LABELS: Mapping[str, str] = {
@@ -33,6 +33,7 @@ TAG_LABELS: Mapping[str, str] = {
     "TEMPORAL": "epistemic",
     "FICTIONAL": "epistemic",
     "FAKE": "epistemic",
+    "CONTEXT": "missing_context",  # phasegpt's own adapters (train-adapter) write this one
 }
 
 _TAG_RE = re.compile(r"<(PASS|WONDER):([A-Za-z_]+)>")

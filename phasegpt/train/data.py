@@ -67,8 +67,9 @@ def read_jsonl(path: str | Path, *, skip_other: bool = True, require_label: bool
             label = row.get("label")
             if label is None and not require_label:
                 label = ""
-            elif label == "other" and skip_other:
-                continue
+            elif label == "other":
+                if skip_other:
+                    continue
             elif label not in LABELS:
                 raise ValueError(f"{where}: unknown label {label!r}; use one of {', '.join(LABELS)}")
             try:

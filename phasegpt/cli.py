@@ -1,0 +1,257 @@
+"""The ``phasegpt`` command: run, classify, train-head, train-adapter, eval, audit, doctor.
+
+Every command is a thin layer over the Python API. Library errors become one-line
+messages with a non-zero exit (``--debug`` shows the traceback instead).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+
+from phasegpt import __version__
+from phasegpt.errors import PhasegptError
+
+EXPECTED = (PhasegptError, ValueError, FileNotFoundError, OSError)
+
+
+class Group(click.Group):
+    """Turns the library's precise exceptions into one-line click errors."""
+
+    argv: list[str] = []
+
+    def main(self, args=None, *a, **kw):
+        Group.argv = list(sys.argv[1:] if args is None else args)  # recorded in head.json / reports
+        return super().main(args, *a, **kw)
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except EXPECTED as e:
+            if (ctx.obj or {}).get("debug") or isinstance(e, click.ClickException):
+                raise
+            msg = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+            raise click.ClickException(msg or e.__class__.__name__) from None
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="phasegpt")
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Why does a local LLM refuse? Verdicts from an activation tap, in the same MLX forward pass.
+
+    \b
+    Example:
+      phasegpt run "How do I hack my neighbour's wifi?"
+    """
+    ctx.obj = {"debug": debug}
+
+
+def model_options(f):
+    """--model/--adapter/--head/--dtype, shared by every command that loads a model."""
+    f = click.option("--dtype", default="auto", show_default=True,
+                     type=click.Choice(["auto", "float32", "float16", "bfloat16", "native"]),
+                     help="Weight dtype (auto: float32 on CPU, as stored on GPU).")(f)
+    f = click.option("--head", type=click.Path(path_type=Path), help="Head folder (head.json + head.safetensors).")(f)
+    f = click.option("--adapter", type=click.Path(path_type=Path), help="mlx-lm LoRA adapter folder.")(f)
+    f = click.option("--model", "-m", "model_", metavar="PATH|REPO",
+                     help="mlx-lm folder, Hugging Face repo id or .gguf file (default: packaged SmolLM2 + shipped head).")(f)
+    return f
+
+
+def load_model(model_, adapter, head, dtype, audit=None):
+    import phasegpt
+
+    model = phasegpt.load(model_, adapter=adapter, head=head, dtype=dtype, audit=audit)
+    model.source = "cli"
+    return model
+
+
+def _audit(enabled: bool | None):
+    if enabled is None:
+        enabled = os.environ.get("PHASEGPT_AUDIT", "") not in ("", "0", "false", "no")
+    if not enabled:
+        return None
+    from phasegpt.audit import AuditLog
+
+    return AuditLog()
+
+
+def verdict_line(v) -> str:
+    """``REFUSAL  safety  0.97  evidence: hack, password, wifi`` or ``ANSWER  0.93``."""
+    if v is None:
+        return "NO VERDICT  (no head loaded: pass --head, or train one with `phasegpt train-head`)"
+    if v.refusal:
+        line = f"REFUSAL  {v.label}  {v.confidence:.2f}"
+        if v.evidence:
+            line += "  evidence: " + ", ".join(v.evidence)
+    else:
+        line = f"ANSWER  {v.confidence:.2f}"
+    if v.tag is not None:
+        line += f"  tag: {v.tag.text}" + (f" ({v.tag.label})" if v.tag.label else "")
+    return line
+
+
+def _read_prompt(prompt: str | None) -> str:
+    if prompt in (None, "-"):
+        if sys.stdin is None or sys.stdin.isatty():
+            raise click.UsageError("give a PROMPT argument or pipe one on stdin")
+        prompt = sys.stdin.read()
+    return prompt
+
+
+def _read_contexts(files: tuple[Path, ...]) -> list[dict] | None:
+    docs = []
+    for f in files:
+        try:
+            docs.append({"id": f.name, "text": f.read_text(encoding="utf-8")})
+        except UnicodeDecodeError:
+            raise click.ClickException(f"{f} is not UTF-8 text; pass plain-text documents to --context") from None
+    return docs or None
+
+
+@cli.command()
+@click.argument("prompt", required=False)
+@model_options
+@click.option("--context", "-c", "contexts", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A retrieved document (text file); repeat for several.")
+@click.option("--max-tokens", default=256, show_default=True, help="Most tokens to generate.")
+@click.option("--temp", default=0.0, show_default=True, help="Sampling temperature (0 = greedy).")
+@click.option("--top-p", default=1.0, show_default=True, help="Nucleus sampling threshold.")
+@click.option("--seed", type=int, help="Random seed for sampling.")
+@click.option("--stream/--no-stream", default=False, help="Print text as it is generated.")
+@click.option("--stop-on-refusal", is_flag=True, help="Print only the verdict when it is a refusal.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object: text, verdict, timings.")
+@click.option("--audit/--no-audit", default=None, help="Write the verdict to the audit log (default: $PHASEGPT_AUDIT).")
+def run(prompt, model_, adapter, head, dtype, contexts, max_tokens, temp, top_p, seed, stream, stop_on_refusal,
+        as_json, audit):
+    """Answer PROMPT (or stdin) and say whether, and why, the model should refuse.
+
+    \b
+    Examples:
+      phasegpt run "How do I hack my neighbour's wifi?"
+      phasegpt run --json "What is the capital of France?"
+      phasegpt run -c handbook.txt "How many vacation days do I get?"
+      echo "Will it rain in Oslo next year on May 3rd?" | phasegpt run --stream
+    """
+    prompt = _read_prompt(prompt)
+    model = load_model(model_, adapter, head, dtype, _audit(audit))
+    opts = dict(context=_read_contexts(contexts), max_tokens=max_tokens, temp=temp, top_p=top_p, seed=seed,
+                stop_on_refusal=stop_on_refusal)
+    if as_json:
+        click.echo(json.dumps(model.generate(prompt, **opts).to_dict(), ensure_ascii=False))
+        return
+    if not stream:
+        r = model.generate(prompt, **opts)
+        click.echo(verdict_line(r.verdict))
+        if r.text:
+            click.echo(r.text)
+        return
+    for chunk in model.stream(prompt, **opts):
+        if chunk.token is None:
+            click.echo(verdict_line(chunk.verdict))
+        else:
+            click.echo(chunk.text, nl=False)
+            sys.stdout.flush()
+    click.echo()
+
+
+@cli.command()
+@click.argument("input_file", metavar="INPUT.jsonl", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@model_options
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Write JSONL here (default stdout).")
+@click.option("--batch-size", default=16, show_default=True, help="Prompts per forward pass.")
+@click.option("--audit/--no-audit", default=None, help="Write every verdict to the audit log.")
+def classify(input_file, model_, adapter, head, dtype, output, batch_size, audit):
+    """Verdicts for every line of INPUT.jsonl ({"prompt": ..., "context": ...}), prefill only.
+
+    Each output line is the input line with a "verdict" field added.
+
+    \b
+    Example:
+      phasegpt classify requests.jsonl -o verdicts.jsonl
+    """
+    rows = _read_rows(input_file)
+    model = load_model(model_, adapter, head, dtype, _audit(audit))
+    out_rows = []
+    with click.progressbar(length=len(rows), label="classifying", file=sys.stderr) as bar:
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start:start + batch_size]
+            verdicts = model.classify([r["prompt"] for r in chunk], contexts=[r.get("context") for r in chunk],
+                                      batch_size=batch_size)
+            out_rows += [{**r, "verdict": v.to_dict()} for r, v in zip(chunk, verdicts)]
+            bar.update(len(chunk))
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out_rows)
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        write_atomic(output, text)
+        click.echo(f"wrote {len(out_rows)} verdicts to {output}", err=True)
+
+
+def _read_rows(path: Path) -> list[dict]:
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise click.ClickException(f"{path}:{n}: not valid JSON ({e.msg}); each line must be one JSON object") from None
+            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+                raise click.ClickException(f"{path}:{n}: each line needs a \"prompt\" string")
+            rows.append(row)
+    if not rows:
+        raise click.ClickException(f"{path} has no lines to classify")
+    return rows
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temp file and a rename: never half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def doctor(as_json):
+    """Platform, MLX version and device, the active BLAS and a measured GFLOP/s.
+
+    \b
+    Example:
+      phasegpt doctor
+    """
+    from phasegpt.doctor import format_report, report
+
+    d = report()
+    click.echo(json.dumps(d, indent=2, default=str) if as_json else format_report(d))
+
+
+def _attach() -> None:
+    from phasegpt.cli_audit import audit
+    from phasegpt.cli_train import eval_, train_adapter, train_head
+
+    for cmd in (train_head, train_adapter, eval_, audit):
+        cli.add_command(cmd)
+
+
+_attach()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="phasegpt")

@@ -1,0 +1,164 @@
+"""CLI commands for the train -> evaluate half of the pipeline: train-head, train-adapter, eval."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from phasegpt.cli import load_model, model_options
+
+DATA_HELP = "Labelled JSONL (prompt, label, optional context/split/source); repeat to combine files."
+
+
+def _examples(paths: tuple[Path, ...]):
+    from phasegpt.train.data import BUNDLED, read_jsonl
+
+    if not paths:
+        paths = (BUNDLED,)
+        click.echo(f"no --data given: using the bundled prompts {BUNDLED}", err=True)
+    out = []
+    for p in paths:
+        out += read_jsonl(p)
+    return out
+
+
+def _command() -> str:
+    from phasegpt.cli import Group
+
+    return "phasegpt " + " ".join(shlex.quote(str(a)) for a in Group.argv)
+
+
+@click.command("train-head")
+@model_options
+@click.option("--data", "-d", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help=DATA_HELP)
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False, path_type=Path), help="Head folder to write.")
+@click.option("--layers", help="Comma-separated layers to use (default: sweep candidates on dev).")
+@click.option("--candidates", help="Comma-separated candidate layers for the sweep.")
+@click.option("--pooling", type=click.Choice(["last", "mean", "last+mean"]), help="Fixed pooling (default: swept).")
+@click.option("--kind", default="linear", show_default=True, type=click.Choice(["linear", "mlp"]))
+@click.option("--seed", default=0, show_default=True)
+@click.option("--batch-size", default=16, show_default=True, help="Prompts per forward pass.")
+@click.option("--no-cache", is_flag=True, help="Do not read or write the feature cache.")
+def train_head(model_, adapter, head, dtype, data, out, layers, candidates, pooling, kind, seed, batch_size, no_cache):
+    """Train a refusal-reason head for a base model (and adapter) on labelled prompts.
+
+    Rows with "split": "dev" tune layers, temperature and thresholds (a stable 20% of
+    the rest when no row has a split); "test" rows are never used.
+
+    \b
+    Example:
+      phasegpt train-head -d ../shared/data/eval.jsonl -d phasegpt/data/prompts.jsonl -o my-head
+      phasegpt train-head -m mlx-community/Mistral-7B-Instruct-v0.3-4bit -d mine.jsonl -o heads/mistral
+    """
+    from phasegpt.train.fit_head import FitConfig
+    from phasegpt.train.train_head import train_head as run
+
+    examples = _examples(data)
+    model = load_model(model_, adapter, None, dtype)
+    fit = FitConfig(layers=_ints(layers), pooling=pooling, kind=kind, seed=seed)
+    h = run(model, examples, out, candidates=_ints(candidates), fit=fit, batch_size=batch_size,
+            use_cache=not no_cache, training={"data": [str(p) for p in data], "command": _command()})
+    m = h.config.metrics
+    click.echo(f"wrote {out}: layers {list(h.config.layers)}, {h.config.pooling}, "
+               f"dev macro-F1 {m['dev_macro_f1']:.3f}, accuracy {m['dev_accuracy']:.3f}")
+
+
+def _ints(text: str | None) -> tuple[int, ...] | None:
+    if not text:
+        return None
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of layer numbers") from None
+
+
+@click.command("train-adapter")
+@model_options
+@click.option("--data", "-d", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help=DATA_HELP)
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False, path_type=Path), help="Adapter folder to write.")
+@click.option("--style", default="tag", show_default=True, type=click.Choice(["tag", "text"]),
+              help="Refusals as <PASS:TYPE> tags or short typed sentences.")
+@click.option("--iters", default=600, show_default=True)
+@click.option("--rank", default=16, show_default=True)
+@click.option("--num-layers", default=-1, show_default=True, help="Layers to adapt, from the top (-1 = all).")
+@click.option("--batch-size", default=4, show_default=True)
+@click.option("--learning-rate", default=1e-5, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+def train_adapter(model_, adapter, head, dtype, data, out, style, iters, rank, num_layers, batch_size,
+                  learning_rate, seed):
+    """Train a PhaseGPT-style typed-refusal LoRA adapter with mlx-lm's tuner.
+
+    The loss is on the response tokens only. Answer rows without a "response" get the
+    base model's own greedy answer.
+
+    \b
+    Example:
+      phasegpt train-adapter -d phasegpt/data/prompts.jsonl -o adapters/my-lora --iters 200
+    """
+    from phasegpt.train.adapter import AdapterConfig, make_chat_examples
+    from phasegpt.train.adapter import train_adapter as run
+    from phasegpt.train.data import split
+
+    if adapter is not None:
+        raise click.UsageError("train-adapter trains a new adapter on the base model; drop --adapter")
+    examples = _examples(data)
+    model = load_model(model_, None, None, dtype)
+    train, dev = split(examples, seed=seed)
+
+    def records(xs):
+        return [{"prompt": e.prompt, "label": e.label, "context": e.context, **e.extra} for e in xs]
+
+    tok, net = model.tokenizer, model.loaded.model
+    cfg = AdapterConfig(rank=rank, num_layers=num_layers, iters=iters, batch_size=batch_size,
+                        learning_rate=learning_rate, seed=seed)
+    path = run(net, tok, make_chat_examples(records(train), tok, style=style, model=net),
+               make_chat_examples(records(dev), tok, style=style, model=net), out, config=cfg,
+               base_model=model.name)
+    click.echo(f"wrote {path}")
+
+
+@click.command("eval")
+@model_options
+@click.option("--data", "-d", required=True, multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help=DATA_HELP)
+@click.option("--split", "split_", default="test", show_default=True, help="Which split to score ('all' for every row).")
+@click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), help="Write metrics.json, report.md and figures here.")
+@click.option("--batch-size", default=16, show_default=True)
+@click.option("--title", default="phasegpt evaluation", show_default=True)
+def eval_(model_, adapter, head, dtype, data, split_, out, batch_size, title):
+    """Score a head on labelled data: accuracy, macro-F1, per-class and per-source tables, calibration.
+
+    \b
+    Example:
+      phasegpt eval -d ../shared/data/eval.jsonl --split test -o reports/smollm2
+    """
+    import numpy as np
+
+    from phasegpt.evaluate import evaluate, format_summary, write_report
+    from phasegpt.train.data import read_jsonl
+    from phasegpt.verdict import LABELS
+
+    rows = []
+    for p in data:
+        rows += [e for e in read_jsonl(p, skip_other=False) if split_ == "all" or e.split == split_]
+    if not rows:
+        raise click.ClickException(f"no rows with split {split_!r} in {', '.join(map(str, data))}")
+    model = load_model(model_, adapter, head, dtype)
+    verdicts = []
+    with click.progressbar(length=len(rows), label="evaluating", file=sys.stderr) as bar:
+        for start in range(0, len(rows), 256):
+            chunk = rows[start:start + 256]
+            verdicts += model.classify([e.prompt for e in chunk], contexts=[e.context for e in chunk],
+                                       batch_size=batch_size)
+            bar.update(len(chunk))
+    probs = np.array([[v.probs[k] for k in LABELS] for v in verdicts])
+    result = evaluate([e.label for e in rows], probs, predictions=[v.label for v in verdicts],
+                      sources=[e.source or "unknown" for e in rows],
+                      source_labels=[e.extra.get("source_label", e.label) for e in rows])
+    click.echo(format_summary(result))
+    if out is not None:
+        paths = write_report(result, out, title=title, command=_command())
+        click.echo("wrote " + ", ".join(str(p) for p in paths.values()), err=True)
