@@ -136,8 +136,8 @@ def test_verify_ok_then_edited(home, ids):
         ("DELETE FROM records WHERE id = '{3}'", "deleted", 3),
         ("DELETE FROM records WHERE seq > 4", "truncated", 5),
         (
-            "UPDATE records SET seq = -2 WHERE seq = 2; UPDATE records SET seq = 2 WHERE seq = 4;"
-            "UPDATE records SET seq = 4 WHERE seq = -2",
+            "UPDATE records SET seq = -2 WHERE seq = 2; UPDATE records SET seq = 2 WHERE seq = 4; "
+            + "UPDATE records SET seq = 4 WHERE seq = -2",
             "reordered",
             3,
         ),
