@@ -19,7 +19,7 @@ import sqlite3
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -167,7 +167,7 @@ class AuditLog:
         with self._lock:
             if self._db is not None:
                 self._db.close()
-                self._db = None
+                self._db, self._key_checked = None, False
 
     # -- writing ----------------------------------------------------------------------
 
@@ -275,6 +275,11 @@ class AuditLog:
         db.row_factory = sqlite3.Row
 
         def setup() -> None:
+            done = fmt.applied(db)
+            if not done and db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+                raise AuditError(f"{self.path} is an SQLite database but not a phasegpt audit log; pass another path")
+            if set(done) - {fn.__name__ for fn in fmt.MIGRATIONS}:
+                raise AuditError(f"audit log {self.path} was written by a newer phasegpt; upgrade phasegpt to use it")
             if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                 db.execute("PRAGMA journal_mode = WAL")  # lets readers run beside the writer
             if fmt.pending(db):
@@ -287,14 +292,15 @@ class AuditLog:
                     raise
 
         try:
-            self._retry(setup, "open", conn=db)
+            self._retry(setup, "open")
         except BaseException:
             db.close()
             raise
         db.execute(f"PRAGMA synchronous = {'FULL' if self.durable else 'NORMAL'}")
         return db
 
-    def _retry(self, fn: Any, doing: str, conn: sqlite3.Connection | None = None) -> Any:
+    def _retry(self, fn: Callable[[], Any], doing: str) -> Any:
+        """Run ``fn``, retrying with jittered backoff while SQLite says busy/locked, until ``timeout``."""
         deadline = time.monotonic() + self.timeout
         delay = 0.002
         while True:
@@ -399,35 +405,34 @@ class AuditLog:
         }
 
     def verify(self) -> VerifyResult:
-        """Re-hash every record and walk the chain; see ``VerifyResult``."""
-        with self._lock:
+        """Re-hash every record and walk the chain; see ``VerifyResult``.
+
+        Raises:
+            AuditError: when the log cannot be read at all.
+        """
+
+        def check() -> VerifyResult:
             db = self._conn()
+            db.execute("BEGIN")  # one snapshot for the head and all records
             try:
-                db.execute("BEGIN")  # one snapshot for the head and all records
-                try:
-                    return VerifyResult(**fmt.walk(db))
-                finally:
-                    _rollback(db)
-            except sqlite3.Error as e:
-                raise AuditError(f"could not read audit log {self.path}: {e}; {_hint(e)}") from e
+                return VerifyResult(**fmt.walk(db))
+            finally:
+                _rollback(db)
+
+        with self._lock:
+            return self._retry(check, "verify")
 
     def _query(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         with self._lock:
-            try:
-                return self._conn().execute(sql, args).fetchall()
-            except sqlite3.Error as e:
-                raise AuditError(f"could not read audit log {self.path}: {e}; {_hint(e)}") from e
+            return self._retry(lambda: self._conn().execute(sql, args).fetchall(), "read")
 
     def _select(self, sql: str, args: Sequence[Any]) -> Iterator[AuditRecord]:
         # Fetch in batches under the lock, so a long export never holds it between yields.
         with self._lock:
-            cur = self._conn().execute(sql, args)
+            cur = self._retry(lambda: self._conn().execute(sql, args), "read")
         while True:
             with self._lock:
-                try:
-                    rows = cur.fetchmany(256)
-                except sqlite3.Error as e:
-                    raise AuditError(f"could not read audit log {self.path}: {e}; {_hint(e)}") from e
+                rows = self._retry(lambda: cur.fetchmany(256), "read")
             if not rows:
                 return
             for row in rows:

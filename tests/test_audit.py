@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import json
 import multiprocessing
 import os
@@ -102,7 +103,7 @@ def test_ids_increase_along_the_chain_and_link(log):
     assert ids == sorted(ids) and len(set(ids)) == 30 and all(len(i) == 26 for i in ids)
     records = list(log)
     assert [r.id for r in records] == ids
-    for before, after in zip(records, records[1:]):
+    for before, after in itertools.pairwise(records):
         assert after.prev_id == before.id and after.prev_hash == before.hash
     assert log.count() == 30 and log.verify().ok
 
@@ -168,7 +169,7 @@ def test_hashes_are_hmac_under_a_private_key_and_text_is_opt_in(home, log):
     raw = b"".join(p.read_bytes() for p in home.glob("audit.db*"))
     assert b"secret" not in raw
     # Same prompt, same hash (str or its UTF-8 bytes, and from another AuditLog on the same file).
-    again = AuditLog(log.path).record(make_verdict(), prompt="secret prompt".encode())
+    again = AuditLog(log.path).record(make_verdict(), prompt=b"secret prompt")
     assert log.get(again).prompt_hash == r.prompt_hash
     assert log.get(log.record(make_verdict(), prompt="other")).prompt_hash != r.prompt_hash
 
@@ -228,6 +229,21 @@ def test_durable_is_fsync_per_commit(home):
     assert AuditLog(durable=False)._conn().execute("PRAGMA synchronous").fetchone()[0] == 1
 
 
+def test_foreign_or_newer_databases_are_refused(home):
+    other = home / "other.db"
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE logs (id INTEGER PRIMARY KEY)")
+    with pytest.raises(AuditError, match="not a phasegpt audit log"):
+        AuditLog(other)
+    with sqlite3.connect(other) as db:
+        assert [r[0] for r in db.execute("SELECT name FROM sqlite_master")] == ["logs"]  # left untouched
+    AuditLog().close()
+    with sqlite3.connect(home / "audit.db") as db:
+        db.execute("INSERT INTO _migrations VALUES ('m999_from_the_future', 'x')")
+    with pytest.raises(AuditError, match="newer phasegpt"):
+        AuditLog()
+
+
 # -- failures -----------------------------------------------------------------------------
 
 
@@ -237,7 +253,7 @@ def read_only(path: Path):
     os.chmod(path, 0o444)
     immutable = False
     if os.geteuid() == 0 and shutil.which("chattr"):
-        immutable = subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode == 0
+        immutable = subprocess.run(["chattr", "+i", str(path)], capture_output=True, check=False).returncode == 0
     try:
         try:
             os.close(os.open(path, os.O_RDWR))
