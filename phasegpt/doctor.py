@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import platform
 import sys
 import time
@@ -10,8 +11,12 @@ from typing import Any
 
 from phasegpt import blas
 
-# Below this, fp32 matmul is almost certainly MLX's reference BLAS (4-7 GFLOP/s measured on
-# x86_64; an optimized BLAS gives 50-400 depending on the CPU and what else is running).
+# Environment variables that change which BLAS is used or how it behaves; shown when set.
+BLAS_ENV = ("PHASEGPT_BLAS", "LD_PRELOAD", "OPENBLAS_CORETYPE", "OPENBLAS_NUM_THREADS",
+            "MKL_THREADING_LAYER", "OMP_NUM_THREADS")
+
+# An optimized BLAS below this at n >= 512 means something is wrong (busy machine, threads
+# capped). MLX's reference BLAS gives 1-7 GFLOP/s on x86_64; an optimized one 50-400.
 SLOW_GFLOPS = 20.0
 
 
@@ -53,32 +58,40 @@ def report(*, n: int = 1024, reps: int = 5) -> dict[str, Any]:
         A JSON-serialisable dict: ``platform``, ``machine``, ``python``, ``cpu`` (model and flags
         that matter), ``mlx`` (version), ``device``, ``blas`` (the :class:`phasegpt.blas.BlasInfo`
         fields plus ``fast``), ``blas_provider`` (library whose ``cblas_sgemm`` MLX binds),
-        ``sgemm_gflops`` and ``advice`` (a list of strings, empty when all is well).
+        ``blas_env`` (the :data:`BLAS_ENV` variables that are set), ``sgemm_gflops``,
+        ``sgemm_size`` and ``advice`` (a list of strings, empty when all is well).
     """
     import mlx.core as mx
 
     info = blas.active()
     flags = blas.cpu_flags()
     gflops = measure_sgemm(n=n, reps=reps)
+    provider = blas.provider()
     advice: list[str] = []
-    if sys.platform.startswith("linux") and gflops < SLOW_GFLOPS:
+    if sys.platform.startswith("linux") and provider is None:
         advice.append(
-            f"fp32 matmul runs at {gflops:.1f} GFLOP/s: MLX is on its reference BLAS. "
-            "Install an optimized one (`pip install mkl`, or as root `apt-get install "
-            "libopenblas0-pthread`) and import phasegpt before mlx."
+            "MLX is on its reference BLAS (fp32 matmul 20-50x slower). Install an optimized one "
+            "(`pip install mkl`, or as root `apt-get install libopenblas0-pthread`), import "
+            "phasegpt before mlx, or set PHASEGPT_BLAS to a library exporting cblas_sgemm."
+        )
+    elif sys.platform.startswith("linux") and gflops < SLOW_GFLOPS and n >= 512:
+        advice.append(
+            f"fp32 matmul reached only {gflops:.1f} GFLOP/s with {info.name}: is the machine "
+            "busy, or are OPENBLAS_NUM_THREADS/OMP_NUM_THREADS limiting threads?"
         )
     return {
         "platform": platform.platform(),
         "machine": platform.machine(),
         "python": sys.version.split()[0],
         "cpu": {
-            "model": _cpu_model(),
+            "model": cpu_model(),
             "flags": sorted(flags & {"avx", "avx2", "fma", "avx512f", "asimd", "sve"}),
         },
         "mlx": getattr(mx, "__version__", "unknown"),
         "device": str(mx.default_device()),
         "blas": {**dataclasses.asdict(info), "notes": list(info.notes), "fast": info.fast},
-        "blas_provider": blas.provider(),
+        "blas_provider": provider,
+        "blas_env": {k: os.environ[k] for k in BLAS_ENV if os.environ.get(k)},
         "sgemm_gflops": round(gflops, 1),
         "sgemm_size": n,
         "advice": advice,
@@ -100,13 +113,15 @@ def format_report(d: dict[str, Any]) -> str:
         (f"fp32 matmul {d['sgemm_size']}^3", f"{d['sgemm_gflops']:.1f} GFLOP/s"),
     ]
     rows += [("skipped", note) for note in b["notes"]]
+    rows += [(key, value) for key, value in d["blas_env"].items()]
     width = max(len(k) for k, _ in rows)
     lines = [f"{k.ljust(width)}  {v}" for k, v in rows]
     lines += [f"advice: {a}" for a in d["advice"]]
     return "\n".join(lines)
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name from ``/proc/cpuinfo``, else what :mod:`platform` says."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
             for line in f:
