@@ -332,7 +332,7 @@ def _write_many(path: str, n: int, worker: int) -> int:
 @pytest.mark.slow
 def test_eight_processes_write_at_once(home):
     path = str(home / "audit.db")
-    AuditLog(path).close()  # create it, so the workers race on writes, not on creation
+    AuditLog(path).close()  # creates the database but not the key: the workers race to create that
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(8) as pool:
         results = [pool.apply_async(_write_many, (path, 1000, w)) for w in range(8)]
@@ -345,6 +345,8 @@ def test_eight_processes_write_at_once(home):
     for r in log:
         per_worker.setdefault(r.metadata["worker"], []).append(r.metadata["i"])
     assert {w: sorted(i) for w, i in per_worker.items()} == {w: list(range(1000)) for w in range(8)}
+    # One key won the race (a second key would have made its writers fail), no temp files left.
+    assert sorted(p.name for p in home.iterdir() if "key" in p.name) == ["audit.key"]
 
 
 WRITER = """
