@@ -344,11 +344,13 @@ class AuditLog:
             limit: at most this many records.
             newest_first: newest record first (``limit`` then keeps the newest).
         """
-        where, args = _filters(label, since, until, model)
+        where, args = _filters(label, since, until, model)  # checked now, not at the first next()
         sql = f"SELECT * FROM records{where} ORDER BY seq {'DESC' if newest_first else 'ASC'}"
         if limit is not None:
-            sql += f" LIMIT {int(limit)}"
-        yield from self._select(sql, args)
+            if not isinstance(limit, int) or limit < 0:
+                raise ValueError(f"limit must be a whole number >= 0, not {limit!r}")
+            sql += f" LIMIT {limit}"
+        return self._select(sql, args)
 
     def get(self, id: str) -> AuditRecord | None:
         """The record with this id, or None."""

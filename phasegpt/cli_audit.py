@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -123,7 +123,7 @@ def list_(db: Path | None, label: str | None, since: str | None, until: str | No
           limit: int, as_json: bool) -> None:  # fmt: skip
     """List records, newest first."""
     with _open(db) as log:
-        found = _collect(log.records(label, since, until, model, limit or None, newest_first=True))
+        found = list(_records(log, label, since, until, model, limit or None, newest_first=True))
     if as_json:
         _dump([r.to_dict() for r in found])
         return
@@ -194,7 +194,7 @@ def export(db: Path | None, label: str | None, since: str | None, until: str | N
            fmt: str, output: Path | None) -> None:  # fmt: skip
     """Export records (every field, hashes included) oldest first."""
     with _open(db) as log:
-        records = log.records(label, since, until, model)
+        records = _records(log, label, since, until, model)
         try:
             out = open(output, "w", encoding="utf-8") if output else sys.stdout  # noqa: SIM115
         except OSError as e:
@@ -202,11 +202,11 @@ def export(db: Path | None, label: str | None, since: str | None, until: str | N
         n = 0
         try:
             if fmt == "json":
-                found = _collect(records)
+                found = list(records)
                 out.write(json.dumps([r.to_dict() for r in found], sort_keys=True) + "\n")
                 n = len(found)
             else:
-                for r in _iterate(records):
+                for r in records:
                     out.write(json.dumps(r.to_dict(), sort_keys=True) + "\n")
                     n += 1
         finally:
@@ -242,12 +242,9 @@ def verify(db: Path | None, as_json: bool) -> None:
     click.echo(f"OK: {result.checked} records, chain intact. Head hash {result.head_hash}")
 
 
-def _collect(records: Any) -> list[AuditRecord]:
-    return list(_iterate(records))
-
-
-def _iterate(records: Any) -> Any:
+def _records(log: AuditLog, *args: Any, **kwargs: Any) -> Iterator[AuditRecord]:
+    """``log.records(...)`` with bad filters and read errors as one-line ClickExceptions."""
     try:
-        yield from records
+        yield from log.records(*args, **kwargs)
     except (AuditError, ValueError) as e:
         raise click.ClickException(str(e)) from e

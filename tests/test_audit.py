@@ -125,9 +125,11 @@ def test_filters_limit_and_stats(log):
     assert stats["models"] == {"tiny-model": 8, "other-model": 1}
     assert log.stats(label="safety")["count"] == 2
     with pytest.raises(ValueError, match="ISO 8601"):
-        list(log.records(since="last tuesday"))
+        log.records(since="last tuesday")
     with pytest.raises(ValueError, match="unknown label"):
-        list(log.records(label="rude"))
+        log.records(label="rude")
+    with pytest.raises(ValueError, match="limit"):
+        log.records(limit=-1)
 
 
 def test_only_refusals_skips_answers(home):
