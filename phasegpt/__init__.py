@@ -11,11 +11,31 @@ from phasegpt import blas as _blas
 
 _blas.ensure()
 
-from phasegpt.api import Model  # noqa: E402
-# AUDIT_IMPORT
-from phasegpt.api import load  # noqa: E402
-from phasegpt.verdict import LABELS, Result, Verdict  # noqa: E402
-
 __version__ = "0.1.0"
 
-__all__ = ["LABELS", "Model", "Result", "Verdict", "__version__", "load"]
+# The public names, imported on first use so `import phasegpt` (and the CLI's --help,
+# and audit-only processes) stay fast: MLX and mlx-lm load only when a model is needed.
+_LAZY = {
+    "load": "phasegpt.api",
+    "Model": "phasegpt.api",
+    "AuditLog": "phasegpt.audit",
+    "Verdict": "phasegpt.verdict",
+    "Result": "phasegpt.verdict",
+    "LABELS": "phasegpt.verdict",
+}
+
+__all__ = ["LABELS", "AuditLog", "Model", "Result", "Verdict", "__version__", "load"]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'phasegpt' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
