@@ -9,6 +9,7 @@ attention means padding after a prompt cannot change its states).
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
@@ -39,6 +40,7 @@ class Model:
                  template: str = RAG_TEMPLATE, system: str | None = None):
         self.loaded, self.head, self.audit = loaded, head, audit
         self.template, self.system = template, system
+        self.source = "api"  # written to audit records; the CLI sets "cli"
         if head is not None:
             head.check_base(name=loaded.name, fingerprint=loaded.fingerprint,
                             hidden_size=int(loaded.config.get("hidden_size", 0)),
@@ -180,35 +182,31 @@ class Model:
             mx.random.seed(seed)
         t0 = time.perf_counter()
         layers = self.head.config.layers if self.head else ()
-        text, verdict, finish, n = "", None, None, 0
+        text, verdict, finish = "", None, "abandoned"
         try:
             with tapped(self.loaded.model, layers, budget=len(ids)) as taps:
                 gen = stream_generate(self.loaded.model, self.tokenizer, ids, max_tokens=max_tokens,
                                       sampler=make_sampler(temp=temp, top_p=top_p))
-                first = next(gen)  # prefill done, first token sampled
+                first = next(gen)  # prefill done (and the first token sampled): the taps are full
                 if self.head is not None:
                     hidden = taps.hidden()
                     feats = self.head.pool(hidden, mx.array([len(ids)]), self._span)
                     verdict = self._verdict(self.head.probs(feats)[0], hidden, ids)
-            verdict_seconds = time.perf_counter() - t0
             stop = stop_on_refusal and verdict is not None and verdict.refusal
-            yield Chunk("", verdict, None, len(ids), 0, first.prompt_tps, 0.0, "refusal" if stop else None)
+            yield Chunk("", verdict, None, len(ids), 0, first.prompt_tps, 0.0, "refusal" if stop else None,
+                        time.perf_counter() - t0)
             if stop:
                 finish = "refusal"
                 gen.close()
                 return
-            for r in [first] if first.finish_reason else _chain(first, gen):
+            for r in itertools.chain([first], gen):
                 text += r.text
-                n = r.generation_tokens
-                finish = r.finish_reason
-                yield Chunk(r.text, None, r.token, len(ids), n, r.prompt_tps, r.generation_tps, r.finish_reason)
-        finally:
-            self._last_timing = locals().get("verdict_seconds", 0.0)
-            if verdict is not None or self.head is None:
-                final = self._with_tag(verdict, text)
-                self._last_verdict = final
-                self._record(final, prompt, context, text, time.perf_counter() - t0, metadata,
-                             finish or "abandoned")
+                finish = r.finish_reason or finish
+                yield Chunk(r.text, None, r.token, len(ids), r.generation_tokens, r.prompt_tps, r.generation_tps,
+                            r.finish_reason, time.perf_counter() - t0)
+        finally:  # also when the caller abandons the stream: the record must not be lost
+            self._record(self.with_tag(verdict, text), prompt, context, text, time.perf_counter() - t0, metadata,
+                         finish)
 
     def generate(self, prompt: str, *, context: Context = None, max_tokens: int = 256, temp: float = 0.0,
                  top_p: float = 1.0, seed: int | None = None, stop_on_refusal: bool = False,
@@ -219,18 +217,17 @@ class Model:
             Result with the text, the verdict (with any typed tag found in the text),
             token counts and timings.
         """
-        text, first, last = "", None, None
-        for chunk in self.stream(prompt, context=context, max_tokens=max_tokens, temp=temp, top_p=top_p,
-                                 seed=seed, stop_on_refusal=stop_on_refusal, metadata=metadata):
-            first = first or chunk
-            text += chunk.text
-            last = chunk
-        return Result(text=text, verdict=self._last_verdict, prompt_tokens=first.prompt_tokens,
-                      generation_tokens=last.generation_tokens, verdict_seconds=self._last_timing,
-                      prompt_tps=last.prompt_tps or first.prompt_tps, generation_tps=last.generation_tps,
+        chunks = list(self.stream(prompt, context=context, max_tokens=max_tokens, temp=temp, top_p=top_p,
+                                  seed=seed, stop_on_refusal=stop_on_refusal, metadata=metadata))
+        first, last = chunks[0], chunks[-1]
+        text = "".join(c.text for c in chunks)
+        return Result(text=text, verdict=self.with_tag(first.verdict, text), prompt_tokens=first.prompt_tokens,
+                      generation_tokens=last.generation_tokens, verdict_seconds=first.seconds,
+                      prompt_tps=last.prompt_tps, generation_tps=last.generation_tps,
                       finish_reason=last.finish_reason or "stop")
 
-    def _with_tag(self, verdict: Verdict | None, text: str) -> Verdict | None:
+    def with_tag(self, verdict: Verdict | None, text: str) -> Verdict | None:
+        """The verdict with the typed tag found in ``text`` (or a tag-only verdict when there is no head)."""
         tag = parse_tag(text)
         if tag is None:
             return verdict
@@ -244,6 +241,7 @@ class Model:
 
     def _record(self, verdict: Verdict | None, prompt: str, context: Context, response: str | None,
                 duration: float, metadata: dict | None, finish: str | None = None) -> None:
+        """Write one audit record (when a log is attached and there is a verdict)."""
         if self.audit is None or verdict is None:
             return
         meta = dict(metadata or {})
@@ -251,12 +249,7 @@ class Model:
             meta.setdefault("finish_reason", finish)
         docs = None if context is None else ([context] if isinstance(context, (str, dict)) else list(context))
         self.audit.record(verdict, prompt=prompt, contexts=docs, response=response,
-                          source=getattr(self, "source", "api"), duration=duration, metadata=meta)
-
-
-def _chain(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
-    yield first
-    yield from rest
+                          source=self.source, duration=duration, metadata=meta)
 
 
 def _words(tokenizer: Any, ids: list[int], start: int, end: int) -> list[tuple[str, list[int]]]:

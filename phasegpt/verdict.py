@@ -157,6 +157,7 @@ class Chunk:
         prompt_tps: prefill tokens per second.
         generation_tps: decode tokens per second so far.
         finish_reason: None while generating, then ``"stop"``, ``"length"`` or ``"refusal"``.
+        seconds: wall time since the call began (in the verdict chunk: the time to verdict).
     """
 
     text: str
@@ -167,3 +168,4 @@ class Chunk:
     prompt_tps: float
     generation_tps: float
     finish_reason: str | None
+    seconds: float
