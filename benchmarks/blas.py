@@ -6,7 +6,8 @@ The two are interleaved (ABBA order across rounds) so that load from other proce
 
 Usage:
     python benchmarks/blas.py                      # ~3 min on 2 cores; writes BENCHMARKS_blas.md
-    python benchmarks/blas.py --rounds 1 --layers 4 --no-write   # quick look
+    python benchmarks/blas.py --rounds 1 --matmul-rounds 1 --layers 4 --no-write   # quick look
+    python benchmarks/blas.py --candidate mkl=/path/to/libmkl_rt.so.3   # also time another BLAS
 """
 
 from __future__ import annotations
@@ -89,10 +90,11 @@ def run_child(kind: str, env_overrides: dict[str, str | None], args: argparse.Na
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def interleaved(kind: str, arms: dict[str, dict], args: argparse.Namespace) -> dict[str, list[dict]]:
-    """Run every arm ``args.rounds`` times, alternating the order (ABBA) against drift in load."""
+def interleaved(kind: str, arms: dict[str, dict], rounds: int,
+                args: argparse.Namespace) -> dict[str, list[dict]]:
+    """Run every arm ``rounds`` times, alternating the order (ABBA) against drift in load."""
     results: dict[str, list[dict]] = {name: [] for name in arms}
-    for r in range(args.rounds):
+    for r in range(rounds):
         order = list(arms) if r % 2 == 0 else list(reversed(arms))
         for name in order:
             res = run_child(kind, arms[name], args)
@@ -103,7 +105,8 @@ def interleaved(kind: str, arms: dict[str, dict], args: argparse.Namespace) -> d
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--rounds", type=int, default=2, help="runs of each arm, interleaved")
+    p.add_argument("--rounds", type=int, default=2, help="prefill runs of each arm, interleaved")
+    p.add_argument("--matmul-rounds", type=int, default=5, help="matmul runs of each arm (cheap)")
     p.add_argument("--n", type=int, default=1024, help="matmul side")
     p.add_argument("--reps", type=int, default=5, help="timed matmuls per child")
     p.add_argument("--tokens", type=int, default=64, help="prompt length for prefill")
@@ -126,8 +129,9 @@ def main() -> None:
     print(f"$ {command}")
     load_before = os.getloadavg()[0]
     arms = {"stock": STOCK, "phasegpt": {}}
-    matmul = interleaved("matmul", {**arms, **{n: {"PHASEGPT_BLAS": p} for n, p in candidates.items()}}, args)
-    prefill = interleaved("prefill", arms, args)
+    matmul = interleaved("matmul", {**arms, **{n: {"PHASEGPT_BLAS": p} for n, p in candidates.items()}},
+                         args.matmul_rounds, args)
+    prefill = interleaved("prefill", arms, args.rounds, args)
     load = (load_before, os.getloadavg()[0])
 
     chosen = matmul["phasegpt"][0]["blas"]
@@ -171,8 +175,9 @@ def _fragment(command: str, args: argparse.Namespace, table: list[str], chosen: 
         "",
         f"Measured by `{command}` on {time.strftime('%Y-%m-%d')}: {cpu_model()}, "
         f"{os.cpu_count()} cores, {platform.system()} {platform.machine()}, "
-        f"Python {platform.python_version()}, MLX {mx.__version__}. Medians of {args.rounds} "
-        "interleaved subprocess runs each; every run imports phasegpt before mlx. "
+        f"Python {platform.python_version()}, MLX {mx.__version__}. Medians of {args.matmul_rounds} "
+        f"(matmul) and {args.rounds} (prefill) interleaved subprocess runs of each arm; every run "
+        "imports phasegpt before mlx. "
         f"Load average {load[0]:.1f} before, {load[1]:.1f} after (other jobs share the cores; an "
         "optimized BLAS's threads suffer more from that than the single-threaded stock one).",
         "",
