@@ -7,106 +7,44 @@ deleted, inserted, moved, or cut off the end. Prompts and documents are stored a
 HMAC-SHA256 under a per-log secret key (``audit.key`` beside the database); their
 text only with ``store_text=True``. Many processes may write to one log at once.
 
-Schema migrations and the record hash live in ``phasegpt.audit_migrations``.
+Schema migrations and the record hash live in ``phasegpt.audit_migrations``; what
+reads return (records, stats, the chain walk behind ``verify()``) in ``phasegpt.audit_verify``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
-import re
 import sqlite3
 import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, fields
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from phasegpt import audit_migrations as fmt
+from phasegpt.audit_verify import (
+    AuditRecord,
+    VerifyResult,
+    record_from_row,
+    summarize,
+    walk,
+    where_clause,
+)
 from phasegpt.errors import AuditError
 from phasegpt.paths import user_dir
-from phasegpt.verdict import LABELS, REFUSALS, Verdict
+from phasegpt.verdict import REFUSALS, Verdict
 
 # Per-attempt wait inside SQLite's own busy handler; our loop retries until `timeout`.
 _BUSY_SLICE = 0.25
-_AGE_RE = re.compile(r"(\d+)\s*([smhdw])")
 _INSERT = f"INSERT INTO records ({', '.join(fmt.FIELDS)}, hash) VALUES ({', '.join('?' * (len(fmt.FIELDS) + 1))})"
-_AGE_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
 def default_path() -> Path:
     """``$PHASEGPT_HOME/audit.db`` (see ``phasegpt.paths.user_dir``)."""
     return user_dir() / "audit.db"
-
-
-@dataclass(frozen=True)
-class AuditRecord:
-    """One logged verdict, as read back from the log (field names match the columns)."""
-
-    id: str
-    created_at: str
-    duration: float | None
-    source: str
-    model: str
-    model_fingerprint: str
-    adapter_sha256: str | None
-    head_sha256: str
-    layers: list[int]
-    thresholds: dict[str, float]
-    label: str
-    probs: dict[str, float]
-    confidence: float
-    evidence: list[str]
-    tag: dict[str, Any] | None
-    verdict_source: str
-    prompt_hash: str
-    response_hash: str | None
-    contexts: list[dict[str, Any]]
-    prompt: str | None
-    response: str | None
-    metadata: dict[str, Any]
-    version: str
-    prev_id: str | None
-    prev_hash: str
-    hash: str
-
-    @property
-    def refusal(self) -> bool:
-        """True when the label is a reason to refuse."""
-        return self.label in REFUSALS
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict of every field (what ``audit export`` writes)."""
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class VerifyResult:
-    """What ``AuditLog.verify`` found.
-
-    Attributes:
-        ok: True when every record and the chain head check out.
-        checked: records that verified before the first problem (all of them when ok).
-        record_id: the first bad record (for ``deleted``/``truncated``: the missing one).
-        problem: ``"edited"``, ``"deleted"``, ``"inserted"``, ``"reordered"`` or ``"truncated"``.
-        detail: one sentence for people.
-        head_hash: hash of the last record per the chain head; publish it elsewhere to
-            also catch a rewrite of the whole file.
-    """
-
-    ok: bool
-    checked: int
-    record_id: str | None = None
-    problem: str | None = None
-    detail: str = ""
-    head_hash: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict."""
-        return asdict(self)
 
 
 class AuditLog:
@@ -344,7 +282,7 @@ class AuditLog:
             limit: at most this many records.
             newest_first: newest record first (``limit`` then keeps the newest).
         """
-        where, args = _filters(label, since, until, model)  # checked now, not at the first next()
+        where, args = where_clause(label, since, until, model)  # checked now, not at the first next()
         sql = f"SELECT * FROM records{where} ORDER BY seq {'DESC' if newest_first else 'ASC'}"
         if limit is not None:
             if not isinstance(limit, int) or limit < 0:
@@ -368,28 +306,7 @@ class AuditLog:
         model: str | None = None,
     ) -> dict[str, Any]:
         """Counts by label, model and source, first/last time, mean confidence and duration."""
-        where, args = _filters(label, since, until, model)
-        ((n, first, last, conf, dur),) = self._query(
-            f"SELECT count(*), min(created_at), max(created_at), avg(confidence), avg(duration) FROM records{where}",
-            args,
-        )
-
-        def by(col: str) -> dict[str, int]:
-            rows = self._query(f"SELECT {col}, count(*) FROM records{where} GROUP BY {col} ORDER BY 2 DESC", args)
-            return {r[0]: r[1] for r in rows}
-
-        labels = {name: 0 for name in LABELS} | by("label")
-        return {
-            "count": n,
-            "refusals": sum(v for k, v in labels.items() if k in REFUSALS),
-            "labels": labels,
-            "models": by("model"),
-            "sources": by("source"),
-            "first": first,
-            "last": last,
-            "mean_confidence": conf,
-            "mean_duration": dur,
-        }
+        return summarize(self._query, *where_clause(label, since, until, model))
 
     def status(self) -> dict[str, Any]:
         """Where the log is, its size, schema migrations and chain head."""
@@ -417,7 +334,7 @@ class AuditLog:
             db = self._conn()
             db.execute("BEGIN")  # one snapshot for the head and all records
             try:
-                return VerifyResult(**fmt.walk(db))
+                return walk(db)
             finally:
                 _rollback(db)
 
@@ -438,7 +355,7 @@ class AuditLog:
             if not rows:
                 return
             for row in rows:
-                yield _record_from_row(row)
+                yield record_from_row(row)
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -469,54 +386,3 @@ def _hint(e: sqlite3.Error) -> str:
         return "the file is damaged or not an audit log; restore it from backup"
     return "check the disk and the file's permissions"
 
-
-def _when(value: str | datetime) -> str:
-    """A time filter as the UTC ISO text that ``created_at`` compares against."""
-    if isinstance(value, datetime):
-        dt = value
-    else:
-        text = value.strip()
-        age = _AGE_RE.fullmatch(text)
-        if age:
-            dt = datetime.now(timezone.utc) - timedelta(**{_AGE_UNITS[age.group(2)]: int(age.group(1))})
-        else:
-            try:
-                dt = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-            except ValueError:
-                raise ValueError(
-                    f"cannot read the time {value!r}: use ISO 8601 (2025-01-31, 2025-01-31T14:00Z) "
-                    "or an age such as 30m, 24h, 7d"
-                ) from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)  # naive times are taken as UTC, like the log
-    return dt.astimezone(timezone.utc).isoformat(timespec="microseconds")
-
-
-def _filters(label: str | None, since: Any, until: Any, model: str | None) -> tuple[str, list[Any]]:
-    clauses, args = [], []
-    if label is not None:
-        if label not in LABELS:
-            raise ValueError(f"unknown label {label!r}; choose one of {', '.join(LABELS)}")
-        clauses.append("label = ?")
-        args.append(label)
-    if since is not None:
-        clauses.append("created_at >= ?")
-        args.append(_when(since))
-    if until is not None:
-        clauses.append("created_at < ?")
-        args.append(_when(until))
-    if model is not None:
-        clauses.append("model = ?")
-        args.append(model)
-    return (" WHERE " + " AND ".join(clauses) if clauses else ""), args
-
-
-_RECORD_FIELDS = tuple(f.name for f in fields(AuditRecord))
-
-
-def _record_from_row(row: sqlite3.Row) -> AuditRecord:
-    try:
-        values = fmt.row_to_fields(row)
-    except ValueError as e:
-        raise AuditError(f"record {row['id']} holds damaged JSON ({e}); run `phasegpt audit verify`") from e
-    return AuditRecord(**{name: values.get(name, row[name]) for name in _RECORD_FIELDS})

@@ -1,4 +1,4 @@
-"""The audit log's storage format: what a record holds, its hash, the chain check, migrations.
+"""The audit log's storage format: what a record holds, its hash, migrations.
 
 Everything here is a promise to logs already written, so none of it changes once
 released: a schema change is a *new* migration appended at the end of this file
@@ -7,7 +7,8 @@ for the same fields, or every existing chain would stop verifying.
 
 Migrations run in order inside one write transaction, each recorded by name in the
 ``_migrations`` table (as simonw/llm does), so reopening a log is idempotent and
-many processes may open the same new log at once. ``phasegpt.audit`` is the API.
+many processes may open the same new log at once. ``phasegpt.audit`` is the API;
+``phasegpt.audit_verify`` walks the chain these hashes form.
 """
 
 from __future__ import annotations
@@ -217,90 +218,6 @@ def load_or_create_key(path: Path) -> bytes:
     if len(key) != 32:
         raise AuditError(f"audit key file {path} is damaged (expected 64 hex digits); restore it from backup")
     return key
-
-
-# -- chain check ----------------------------------------------------------------------
-
-
-def walk(db: sqlite3.Connection) -> dict[str, Any]:
-    """Re-hash every record in chain order, follow the links, then compare with the head.
-
-    The caller holds a read transaction, so head and records are one snapshot.
-
-    Returns:
-        The fields of ``phasegpt.audit.VerifyResult``.
-    """
-    head = db.execute("SELECT count, last_id, last_hash FROM chain_head").fetchone()
-    if head is None:
-        return _result(0, None, "truncated", "the chain_head row is missing, so a cut-off tail cannot be ruled out")
-    count, last_id, last_hash = head
-    prev, n = None, 0
-    for row in db.execute("SELECT * FROM records ORDER BY seq"):
-        try:
-            intact = record_hash(row_to_fields(row)) == row["hash"]
-        except ValueError:  # a JSON column no longer parses
-            intact = False
-        if not intact:
-            detail = f"record {row['id']} (#{n + 1}) no longer matches its hash: a field was changed"
-            return _result(n, row["id"], "edited", detail, last_hash)
-        want_id, want_hash = (prev["id"], prev["hash"]) if prev else (None, GENESIS)
-        if row["prev_id"] != want_id or row["prev_hash"] != want_hash:
-            return _result(n, *_broken_link(db, row, prev, last_id), last_hash)
-        prev, n = row, n + 1
-    end_id, end_hash = (prev["id"], prev["hash"]) if prev else (None, GENESIS)
-    if n == count and end_hash == last_hash:
-        return _result(n, None, None, "", last_hash)
-    if n < count and end_id != last_id:
-        detail = (
-            f"the log ends after {n} records (at {end_id or 'the start'}) but the chain head says {count}, "
-            f"ending at {last_id}: {count - n} records were cut from the end"
-        )
-        return _result(n, last_id, "truncated", detail, last_hash)
-    if n > count:
-        # The head's last record is where the real chain ended; anything after it was added.
-        extra = db.execute(
-            "SELECT id FROM records WHERE seq > coalesce((SELECT seq FROM records WHERE id = ?), 0) "
-            "ORDER BY seq LIMIT 1",
-            (last_id,),
-        ).fetchone()
-        detail = f"{n - count} records more than the chain head counts; the first is {extra['id']}"
-        return _result(n, extra["id"], "inserted", detail, last_hash)
-    # Same length or same last record, yet the head disagrees: the chain was rebuilt.
-    detail = f"the chain head expects record {last_id} with another hash: records were removed or re-hashed"
-    return _result(n, last_id, "edited" if end_id == last_id else "deleted", detail, last_hash)
-
-
-def _broken_link(db: sqlite3.Connection, row: sqlite3.Row, prev: sqlite3.Row | None, head_id: str | None) -> tuple:
-    """Name what happened where ``row`` does not link to ``prev``: (record id, problem, detail)."""
-    rid, pid = row["id"], row["prev_id"]
-    want = prev["id"] if prev else None
-    hit = db.execute("SELECT seq FROM records WHERE id = ?", (pid,)).fetchone() if pid else None
-    if hit and hit["seq"] > row["seq"]:
-        return rid, "reordered", f"record {rid} comes before {pid}, the record it was written after"
-    if prev is not None and pid == want:
-        return want, "edited", f"record {want} was changed and re-hashed: {rid} recorded another hash for it"
-    after = db.execute("SELECT prev_id FROM records WHERE seq > ? ORDER BY seq LIMIT 1", (row["seq"],)).fetchone()
-    # `row` is an intruder when the chain carries on past it as if it were not there.
-    if (after["prev_id"] if after else head_id) == want:
-        return rid, "inserted", f"record {rid} is not part of the chain: the next record links to {want or 'the start'}"
-    if pid is not None and hit is None:
-        return pid, "deleted", f"record {pid} is missing: {rid} was written right after it"
-    # `row` links to a record further back: what stands between is not part of the chain.
-    first = db.execute(
-        "SELECT id FROM records WHERE seq > ? ORDER BY seq LIMIT 1", (hit["seq"] if hit else 0,)
-    ).fetchone()
-    return first["id"], "inserted", f"record {first['id']} is not part of the chain: {rid} links past it"
-
-
-def _result(checked: int, record_id: str | None, problem: str | None, detail: str, head: str = "") -> dict:
-    return {
-        "ok": problem is None,
-        "checked": checked,
-        "record_id": record_id,
-        "problem": problem,
-        "detail": detail,
-        "head_hash": head,
-    }
 
 
 # -- migrations: append new ones at the end, never edit a released one -------------------
