@@ -56,7 +56,8 @@ errors["inv"] = float(np.abs(np.array(inv) @ m - np.eye(24)).max())
 
 info = blas.active()
 print(json.dumps({{
-    "info": {{"name": info.name, "path": info.path, "reason": info.reason, "notes": list(info.notes), "fast": info.fast}},
+    "info": {{"name": info.name, "path": info.path, "reason": info.reason,
+              "notes": list(info.notes), "fast": info.fast}},
     "provider": blas.provider(),
     "errors": errors,
     "warnings": [[w.category.__name__, str(w.message)] for w in caught],
