@@ -1,8 +1,9 @@
 """Read a llama-family GGUF file into an mlx-lm llama model, its tokenizer and an mlx-lm config.
 
 MLX reads the tensors (Q4_0/Q4_1/Q8_0 arrive as affine-quantized weight/scales/biases triples, which
-we keep quantized); this module renames them onto mlx-lm's llama modules, undoes llama.cpp's
-rotary row permutation of q/k, and rebuilds the Hugging Face tokenizer from the file's metadata.
+we keep quantized); this module renames them onto mlx-lm's llama modules and undoes llama.cpp's
+rotary row permutation of q/k. ``phasegpt.gguf_tokenizer`` rebuilds the Hugging Face tokenizer
+from the file's metadata.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import mmap
 import re
 import struct
 from collections import Counter
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +20,10 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten
 from mlx_lm.models import llama
-from mlx_lm.tokenizer_utils import BPEStreamingDetokenizer, SPMStreamingDetokenizer, TokenizerWrapper
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
+from mlx_lm.tokenizer_utils import TokenizerWrapper
 
 from phasegpt.errors import ModelLoadError
+from phasegpt.gguf_tokenizer import MISTRAL_CHAT_TEMPLATE, tokenizer_from_metadata  # noqa: F401  (re-exported)
 
 ARCHITECTURES = ("llama", "mistral")
 
@@ -49,28 +48,6 @@ _TOP_GGUF = {mlx: gguf for gguf, mlx in _TOP_NAMES.items()}
 _LAYER_GGUF = {mlx: gguf for gguf, mlx in _LAYER_NAMES.items()}
 _GGUF_NAME = re.compile(r"^(?:blk\.(\d+)\.)?(\w+)\.(weight|scales|biases)$")
 _MLX_LAYER_NAME = re.compile(r"^model\.layers\.(\d+)\.(.+)\.(weight|scales|biases)$")
-
-# Byte-level BPE splits text before merging; llama.cpp names the split by `tokenizer.ggml.pre`.
-_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-_GPT2_PRE = ("default", "gpt-2", "gpt2")
-_SMOLLM_PRE = ("smollm",)
-_LLAMA3_PRE = ("llama-bpe", "llama3", "llama-v3", "smaug-bpe")
-
-# Mistral's [INST] format, for llama/mistral files that carry no template of their own.
-# A leading system message is folded into the first user turn, as Mistral's own templates do.
-MISTRAL_CHAT_TEMPLATE = (
-    "{%- if messages and messages[0]['role'] == 'system' %}"
-    "{%- set system = messages[0]['content'] + '\\n\\n' %}{%- set turns = messages[1:] %}"
-    "{%- else %}{%- set system = '' %}{%- set turns = messages %}{%- endif %}"
-    "{{- bos_token }}"
-    "{%- for message in turns %}"
-    "{%- if message['role'] == 'user' %}"
-    "{{- '[INST] ' + (system if loop.first else '') + message['content'] + ' [/INST]' }}"
-    "{%- elif message['role'] == 'assistant' %}{{- message['content'] + eos_token }}"
-    "{%- else %}{{- raise_exception('Only system, user and assistant roles are supported') }}"
-    "{%- endif %}{%- endfor %}"
-)
 
 
 def load_gguf(path: str | Path) -> tuple[nn.Module, TokenizerWrapper, dict[str, Any]]:
@@ -113,7 +90,7 @@ def load_gguf(path: str | Path) -> tuple[nn.Module, TokenizerWrapper, dict[str, 
 
     config = _config(metadata, architecture, weights, path)
     model = _build_model(config, weights, path)
-    tokenizer = _tokenizer(metadata, architecture, path)
+    tokenizer = tokenizer_from_metadata(metadata, path)
     return model, tokenizer, config
 
 
@@ -325,112 +302,3 @@ def _build_model(config: dict[str, Any], gguf_weights: dict[str, mx.array], path
     model.eval()
     return model
 
-
-def _tokenizer(metadata: dict, arch: str, path: Path) -> TokenizerWrapper:
-    """Rebuild the file's tokenizer: byte-level BPE (``gpt2``) or SentencePiece BPE (``llama``)."""
-    kind = metadata.get("tokenizer.ggml.model")
-    tokens = metadata.get("tokenizer.ggml.tokens")
-    if kind is None or not tokens:
-        raise ModelLoadError(f"{path} carries no tokenizer (tokenizer.ggml.model/tokens); "
-                             "use an MLX folder with tokenizer.json instead")
-    token_types = _int_list(metadata.get("tokenizer.ggml.token_type")) or [1] * len(tokens)
-    if kind == "gpt2":
-        backend = _byte_level_bpe(tokens, metadata, path)
-        detokenizer: Any = BPEStreamingDetokenizer
-        add_bos = _flag(metadata, "tokenizer.ggml.add_bos_token", False)
-    elif kind == "llama":
-        add_prefix = _flag(metadata, "tokenizer.ggml.add_space_prefix", True)
-        backend = _sentencepiece_bpe(tokens, metadata, token_types, add_prefix)
-        detokenizer = partial(SPMStreamingDetokenizer, trim_space=add_prefix)
-        # llama.cpp adds BOS to SentencePiece vocabularies unless the file says otherwise.
-        add_bos = _flag(metadata, "tokenizer.ggml.add_bos_token", True)
-    else:
-        raise ModelLoadError(f"{path} uses tokenizer model {kind!r}; phasegpt reads 'gpt2' (byte-level BPE) "
-                             "and 'llama' (SentencePiece): use an MLX folder instead")
-    # Control tokens (type 3) must stay whole and count as special; user-defined ones (type 4)
-    # stay whole but are ordinary text, as llama.cpp treats them.
-    backend.add_special_tokens([AddedToken(token, special=True, normalized=False)
-                                for token, t in zip(tokens, token_types) if t == 3])
-    backend.add_tokens([AddedToken(token, special=False, normalized=False)
-                        for token, t in zip(tokens, token_types) if t == 4])
-
-    def token(key: str) -> str | None:
-        index = metadata.get(f"tokenizer.ggml.{key}_token_id")
-        return tokens[int(index.item())] if index is not None and int(index.item()) < len(tokens) else None
-
-    template = metadata.get("tokenizer.chat_template") or MISTRAL_CHAT_TEMPLATE
-    hf_tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token=token("bos"), eos_token=token("eos"), unk_token=token("unknown"), pad_token=token("padding"),
-        add_bos_token=add_bos, add_eos_token=_flag(metadata, "tokenizer.ggml.add_eos_token", False),
-        chat_template=template, clean_up_tokenization_spaces=False,
-    )
-    # Chat models often end a turn with a token other than eos (Llama 3's <|eot_id|>).
-    stops = [int(metadata[key].item()) for key in ("tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id")
-             if key in metadata]
-    return TokenizerWrapper(hf_tokenizer, detokenizer, eos_token_ids=stops)
-
-
-def _byte_level_bpe(tokens: list[str], metadata: dict, path: Path) -> Tokenizer:
-    pre = metadata.get("tokenizer.ggml.pre", "default")
-    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    if pre in _GPT2_PRE:
-        splitter, ignore_merges = byte_level, False
-    elif pre in _SMOLLM_PRE:  # GPT-2's split after cutting every digit apart
-        splitter, ignore_merges = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
-                                                           byte_level]), False
-    elif pre in _LLAMA3_PRE:
-        splitter = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(_LLAMA3_SPLIT), behavior="isolated"),
-                                            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-        ignore_merges = True
-    else:
-        raise ModelLoadError(f"{path} splits text with tokenizer.ggml.pre={pre!r}, which phasegpt does not "
-                             "know; use an MLX folder with tokenizer.json instead")
-    merges = [tuple(merge.split(" ", 1)) for merge in metadata.get("tokenizer.ggml.merges", [])]
-    backend = Tokenizer(models.BPE(_vocab(tokens), merges, ignore_merges=ignore_merges))
-    backend.pre_tokenizer = splitter
-    backend.decoder = decoders.ByteLevel()
-    return backend
-
-
-def _sentencepiece_bpe(tokens: list[str], metadata: dict, token_types: list[int], add_prefix: bool) -> Tokenizer:
-    """SentencePiece BPE as Hugging Face's LlamaTokenizer rebuilds it: merges ranked by the score of
-    the piece they produce, unknown bytes spelled as ``<0xNN>`` tokens."""
-    scores = np.array(metadata["tokenizer.ggml.scores"]).tolist() if "tokenizer.ggml.scores" in metadata \
-        else [-float(i) for i in range(len(tokens))]
-    vocab = _vocab(tokens)
-    candidates = []
-    for merged, score, kind in zip(tokens, scores, token_types):
-        if kind != 1:  # only normal pieces come from merges
-            continue
-        for cut in range(1, len(merged)):
-            left, right = merged[:cut], merged[cut:]
-            if left in vocab and right in vocab:
-                candidates.append((-score, vocab[left], vocab[right], left, right))
-    merges = [(left, right) for *_, left, right in sorted(candidates)]
-    unknown = metadata.get("tokenizer.ggml.unknown_token_id")
-    unk = tokens[int(unknown.item())] if unknown is not None else None
-    backend = Tokenizer(models.BPE(vocab, merges, unk_token=unk, fuse_unk=True, byte_fallback=True))
-    # "first" as in transformers' LlamaTokenizer: one space before the text, none after special
-    # tokens and none extra before text that already starts with a space (llama.cpp adds both).
-    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581",
-                                                     prepend_scheme="first" if add_prefix else "never", split=False)
-    steps = [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
-    backend.decoder = decoders.Sequence(steps + ([decoders.Strip(" ", 1, 0)] if add_prefix else []))
-    return backend
-
-
-def _vocab(tokens: list[str]) -> dict[str, int]:
-    """Token → id, keeping the first id where a file lists a token twice."""
-    vocab: dict[str, int] = {}
-    for index, token in enumerate(tokens):
-        vocab.setdefault(token, index)
-    return vocab
-
-
-def _int_list(value: Any) -> list[int]:
-    return [] if value is None else [int(v) for v in np.array(value).tolist()]
-
-
-def _flag(metadata: dict, key: str, default: bool) -> bool:
-    return bool(metadata[key].item()) if key in metadata else default
