@@ -24,14 +24,12 @@ from mlx_lm.utils import load_adapters
 from phasegpt.train.adapter import (
     ATTENTION_KEYS,
     MLP_KEYS,
-    REFUSAL_TAGS,
-    REFUSAL_TEXTS,
     AdapterConfig,
     adapter_size_bytes,
-    make_chat_examples,
     response_loss,
     train_adapter,
 )
+from phasegpt.train.examples import REFUSAL_TAGS, REFUSAL_TEXTS, make_chat_examples
 from phasegpt.prompting import user_message
 from phasegpt.verdict import TAG_LABELS, parse_tag
 from tests.tiny import make_tiny_model_dir, tiny_config

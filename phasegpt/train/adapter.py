@@ -6,7 +6,8 @@ Nothing here re-implements LoRA: ``linear_to_lora_layers`` makes the layers,
 ``ChatDataset`` tokenizes with the chat template and computes the prompt offset that
 masks the loss, ``trainer.train`` runs the loop. The result is a folder in exactly
 ``mlx_lm.lora``'s format (``adapter_config.json`` + ``adapters.safetensors``), so
-``mlx_lm.load(model, adapter_path=folder)`` reads it.
+``mlx_lm.load(model, adapter_path=folder)`` reads it. The training examples come from
+``phasegpt.train.examples`` (re-exported here).
 
 Typical use::
 
@@ -22,8 +23,7 @@ import contextlib
 import io
 import shutil
 import tempfile
-import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -35,14 +35,16 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten
 from mlx_lm.tuner.callbacks import TrainingCallback
-from mlx_lm.tuner.datasets import CacheDataset, ChatDataset
 from mlx_lm.tuner.lora import LoRALinear
 from mlx_lm.tuner.trainer import TrainingArgs, train
 from mlx_lm.tuner.utils import linear_to_lora_layers
 from mlx_lm.utils import save_config
 
-from phasegpt.prompting import RAG_TEMPLATE, prompt_tokens, user_message
-from phasegpt.verdict import LABELS
+from phasegpt.train.examples import REFUSAL_TAGS, REFUSAL_TEXTS, STYLES, make_chat_examples, tokenized_dataset
+
+# The example builders are re-exported: callers wrote `from phasegpt.train.adapter import make_chat_examples`.
+__all__ = ["ATTENTION_KEYS", "MLP_KEYS", "REFUSAL_TAGS", "REFUSAL_TEXTS", "STYLES", "AdapterConfig",
+           "adapter_size_bytes", "make_chat_examples", "response_loss", "train_adapter"]
 
 ATTENTION_KEYS: tuple[str, ...] = (
     "self_attn.q_proj",
@@ -51,20 +53,6 @@ ATTENTION_KEYS: tuple[str, ...] = (
     "self_attn.o_proj",
 )
 MLP_KEYS: tuple[str, ...] = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
-
-# What the adapter learns to say for each refusal label. The tags map back to the
-# same labels through phasegpt.verdict.TAG_LABELS.
-REFUSAL_TAGS: Mapping[str, str] = {
-    "safety": "<PASS:POLICY>",
-    "epistemic": "<PASS:UNKNOWABLE>",
-    "missing_context": "<PASS:CONTEXT>",
-}
-REFUSAL_TEXTS: Mapping[str, str] = {
-    "safety": "I can't help with that: it could cause real harm.",
-    "epistemic": "I can't answer that: nobody can know it reliably.",
-    "missing_context": "I can't answer that from what I was given: the information needed is missing.",
-}
-STYLES: tuple[str, ...] = ("tag", "text")
 
 
 @dataclass(frozen=True)
@@ -199,86 +187,6 @@ def adapter_size_bytes(
     return layers * per_layer * dtype_bytes
 
 
-def make_chat_examples(
-    records: Iterable[Mapping[str, Any]],
-    tokenizer: Any,
-    *,
-    style: str = "tag",
-    model: nn.Module | None = None,
-    max_tokens: int = 64,
-    template: str = RAG_TEMPLATE,
-) -> list[dict[str, Any]]:
-    """Turn labelled records into chat training examples ``{"messages": [user, assistant]}``.
-
-    Refusals become typed tags (``style="tag"``, see ``REFUSAL_TAGS``) or a short typed
-    refusal in words (``style="text"``, see ``REFUSAL_TEXTS``). An ``answer`` record
-    needs a response: its own ``response`` if it has one; otherwise, when ``model`` is
-    given, the base model's greedy answer (at most ``max_tokens``; training on the
-    model's own answers teaches the tags without changing how it answers; read them
-    first: a base model that over-refuses writes refusals here); otherwise it is
-    skipped, with one warning giving the count.
-
-    Args:
-        records: dicts with ``prompt``, ``label`` (one of ``LABELS``), optional
-            ``context`` (documents, as ``phasegpt.prompting.user_message`` takes them)
-            and optional ``response``.
-        tokenizer: the model's mlx-lm ``TokenizerWrapper``; it must have a chat template.
-        style: ``"tag"`` or ``"text"``.
-        model: base model to write missing answers with, or None to skip them.
-        max_tokens: length cap of generated answers.
-        template: the RAG template that puts context into the user turn; use the same
-            one at inference.
-
-    Returns:
-        Examples in mlx-lm's chat format, in the order of ``records``.
-
-    Raises:
-        ValueError: unknown style or label, a record without a prompt, malformed
-            context, or a tokenizer without a chat template.
-    """
-    if style not in STYLES:
-        raise ValueError(f"style must be one of {STYLES}, got {style!r}")
-    if not getattr(tokenizer, "has_chat_template", False):
-        raise ValueError("the tokenizer has no chat template; load the model's instruct variant")
-    refusals = REFUSAL_TAGS if style == "tag" else REFUSAL_TEXTS
-    examples: list[dict[str, Any]] = []
-    skipped = 0
-    for i, rec in enumerate(records):
-        prompt, label = rec.get("prompt"), rec.get("label")
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise ValueError(f"record {i} has no prompt text")
-        if label not in LABELS:
-            raise ValueError(f"record {i} has label {label!r}; expected one of {LABELS} (filter others out)")
-        user = {"role": "user", "content": user_message(prompt, rec.get("context"), template=template)}
-        if label != "answer":
-            reply = refusals[label]
-        elif rec.get("response"):
-            reply = str(rec["response"])
-        elif model is not None:
-            ids = prompt_tokens(tokenizer, prompt, rec.get("context"), template=template)
-            reply = _greedy_answer(model, tokenizer, ids, max_tokens)
-        else:
-            reply = ""
-        if not reply:
-            skipped += 1
-            continue
-        examples.append({"messages": [user, {"role": "assistant", "content": reply}]})
-    if skipped:
-        warnings.warn(
-            f"skipped {skipped} answer record(s) without a response; give them a 'response' "
-            "or pass model= to generate one",
-            stacklevel=2,
-        )
-    return examples
-
-
-def _greedy_answer(model: nn.Module, tokenizer: Any, prompt: list[int], max_tokens: int) -> str:
-    from mlx_lm import generate
-
-    # mlx-lm's default sampler is argmax: greedy, so the same model gives the same data.
-    return generate(model, tokenizer, prompt, max_tokens=max_tokens).strip()
-
-
 def response_loss(model: nn.Module, batch: mx.array, lengths: mx.array) -> tuple[mx.array, mx.array]:
     """Mean cross-entropy over each row's targets from its offset to its last real token.
 
@@ -342,28 +250,6 @@ def _check_model(model: nn.Module, cfg: AdapterConfig) -> None:
             raise ValueError(f"projection keys {missing} are not in the model's blocks")
 
 
-def _dataset(examples: Sequence[Mapping[str, Any]], tokenizer: Any, cfg: AdapterConfig, name: str) -> CacheDataset:
-    """Tokenize every example now, so bad data fails before training starts."""
-    ds = CacheDataset(ChatDataset(list(examples), tokenizer, mask_prompt=cfg.mask_prompt))
-    truncated = 0
-    for i in range(len(ds)):
-        msgs = examples[i].get("messages") if isinstance(examples[i], Mapping) else None
-        if not msgs or msgs[-1].get("role") != "assistant":
-            raise ValueError(f"{name} example {i} must be {{'messages': [..., assistant message]}}")
-        tokens, offset = ds[i]
-        # An example whose response lies past the cut contributes no loss tokens; a
-        # batch of them divides by zero.
-        if offset >= min(len(tokens), cfg.max_seq_length) - 1:
-            raise ValueError(
-                f"{name} example {i}: the prompt alone fills max_seq_length={cfg.max_seq_length}; "
-                "raise max_seq_length or shorten its context"
-            )
-        truncated += len(tokens) > cfg.max_seq_length
-    if truncated:
-        warnings.warn(f"{truncated} {name} example(s) exceed max_seq_length and will be truncated", stacklevel=3)
-    return ds
-
-
 def _model_identity(model: nn.Module, base_model: str) -> dict[str, Any]:
     args = getattr(model, "args", None)
     keys = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")
@@ -422,8 +308,9 @@ def train_adapter(
             "give more or none"
         )
     _check_model(model, config)
-    train_set = _dataset(train_examples, tokenizer, config, "training")
-    valid_set = _dataset(valid_examples, tokenizer, config, "validation") if valid_examples else None
+    opts = {"mask_prompt": config.mask_prompt, "max_seq_length": config.max_seq_length}
+    train_set = tokenized_dataset(train_examples, tokenizer, **opts, name="training")
+    valid_set = tokenized_dataset(valid_examples, tokenizer, **opts, name="validation") if valid_examples else None
 
     mx.random.seed(config.seed)  # LoRA's lora_a initialisation
     np.random.seed(config.seed)  # mlx-lm's batch order
