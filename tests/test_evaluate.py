@@ -9,7 +9,8 @@ import warnings
 import numpy as np
 import pytest
 
-from phasegpt.evaluate import evaluate, format_summary, write_report
+from phasegpt.evaluate import evaluate
+from phasegpt.report import format_summary, write_report
 from phasegpt.verdict import LABELS
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
