@@ -42,7 +42,7 @@ from mlx_lm.utils import save_config
 
 from phasegpt.train.examples import REFUSAL_TAGS, REFUSAL_TEXTS, STYLES, make_chat_examples, tokenized_dataset
 
-# The example builders are re-exported: callers wrote `from phasegpt.train.adapter import make_chat_examples`.
+# Re-exported so `from phasegpt.train.adapter import make_chat_examples` (cli_train) keeps working.
 __all__ = ["ATTENTION_KEYS", "MLP_KEYS", "REFUSAL_TAGS", "REFUSAL_TEXTS", "STYLES", "AdapterConfig",
            "adapter_size_bytes", "make_chat_examples", "response_loss", "train_adapter"]
 
