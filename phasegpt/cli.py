@@ -14,7 +14,8 @@ from pathlib import Path
 
 import click
 
-from phasegpt import __version__
+from phasegpt import __version__, cli_options
+from phasegpt.cli_options import load_model, model_options
 from phasegpt.errors import PhasegptError
 
 EXPECTED = (PhasegptError, ValueError, FileNotFoundError, OSError)
@@ -23,10 +24,8 @@ EXPECTED = (PhasegptError, ValueError, FileNotFoundError, OSError)
 class Group(click.Group):
     """Turns the library's precise exceptions into one-line click errors."""
 
-    argv: list[str] = []
-
     def main(self, args=None, *a, **kw):
-        Group.argv = list(sys.argv[1:] if args is None else args)  # recorded in head.json / reports
+        cli_options.ARGV[:] = sys.argv[1:] if args is None else args  # recorded in head.json / reports
         return super().main(args, *a, **kw)
 
     def invoke(self, ctx: click.Context):
@@ -51,26 +50,6 @@ def cli(ctx: click.Context, debug: bool) -> None:
       phasegpt run "How do I hack my neighbour's wifi?"
     """
     ctx.obj = {"debug": debug}
-
-
-def model_options(f):
-    """--model/--adapter/--head/--dtype, shared by every command that loads a model."""
-    f = click.option("--dtype", default="auto", show_default=True,
-                     type=click.Choice(["auto", "float32", "float16", "bfloat16", "native"]),
-                     help="Weight dtype (auto: float32 on CPU, as stored on GPU).")(f)
-    f = click.option("--head", type=click.Path(path_type=Path), help="Head folder (head.json + head.safetensors).")(f)
-    f = click.option("--adapter", type=click.Path(path_type=Path), help="mlx-lm LoRA adapter folder.")(f)
-    f = click.option("--model", "-m", "model_", metavar="PATH|REPO",
-                     help="mlx-lm folder, Hugging Face repo id or .gguf file (default: packaged SmolLM2 + shipped head).")(f)
-    return f
-
-
-def load_model(model_, adapter, head, dtype, audit=None):
-    import phasegpt
-
-    model = phasegpt.load(model_, adapter=adapter, head=head, dtype=dtype, audit=audit)
-    model.source = "cli"
-    return model
 
 
 def _audit(enabled: bool | None):

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import shlex
 import sys
 from pathlib import Path
 
 import click
 
-from phasegpt.cli import load_model, model_options
+from phasegpt.cli_options import command_line, load_model, model_options
 
 DATA_HELP = "Labelled JSONL (prompt, label, optional context/split/source); repeat to combine files."
 
@@ -25,12 +24,6 @@ def _examples(paths: tuple[Path, ...]):
     return out
 
 
-def _command() -> str:
-    from phasegpt.cli import Group
-
-    return "phasegpt " + " ".join(shlex.quote(str(a)) for a in Group.argv)
-
-
 @click.command("train-head")
 @model_options
 @click.option("--data", "-d", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help=DATA_HELP)
@@ -41,8 +34,10 @@ def _command() -> str:
 @click.option("--kind", default="linear", show_default=True, type=click.Choice(["linear", "mlp"]))
 @click.option("--seed", default=0, show_default=True)
 @click.option("--batch-size", default=16, show_default=True, help="Prompts per forward pass.")
+@click.option("--cap", type=int, help="At most N training/dev rows per (source, category, label, split), chosen by hash.")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the feature cache.")
-def train_head(model_, adapter, head, dtype, data, out, layers, candidates, pooling, kind, seed, batch_size, no_cache):
+def train_head(model_, adapter, head, dtype, data, out, layers, candidates, pooling, kind, seed, batch_size, cap,
+               no_cache):
     """Train a refusal-reason head for a base model (and adapter) on labelled prompts.
 
     Rows with "split": "dev" tune layers, temperature and thresholds (a stable 20% of
@@ -53,14 +48,17 @@ def train_head(model_, adapter, head, dtype, data, out, layers, candidates, pool
       phasegpt train-head -d ../shared/data/eval.jsonl -d phasegpt/data/prompts.jsonl -o my-head
       phasegpt train-head -m mlx-community/Mistral-7B-Instruct-v0.3-4bit -d mine.jsonl -o heads/mistral
     """
+    from phasegpt.train.data import cap as cap_rows
     from phasegpt.train.fit_head import FitConfig
     from phasegpt.train.train_head import train_head as run
 
-    examples = _examples(data)
+    examples = [e for e in _examples(data) if e.split != "test"]  # never read test rows into training
+    if cap:
+        examples = cap_rows(examples, cap, seed=seed)
     model = load_model(model_, adapter, None, dtype)
     fit = FitConfig(layers=_ints(layers), pooling=pooling, kind=kind, seed=seed)
     h = run(model, examples, out, candidates=_ints(candidates), fit=fit, batch_size=batch_size,
-            use_cache=not no_cache, training={"data": [str(p) for p in data], "command": _command()})
+            use_cache=not no_cache, training={"data": [str(p) for p in data], "command": command_line()})
     m = h.config.metrics
     click.echo(f"wrote {out}: layers {list(h.config.layers)}, {h.config.pooling}, "
                f"dev macro-F1 {m['dev_macro_f1']:.3f}, accuracy {m['dev_accuracy']:.3f}")
@@ -160,5 +158,5 @@ def eval_(model_, adapter, head, dtype, data, split_, out, batch_size, title):
                       source_labels=[e.extra.get("source_label", e.label) for e in rows])
     click.echo(format_summary(result))
     if out is not None:
-        paths = write_report(result, out, title=title, command=_command())
+        paths = write_report(result, out, title=title, command=command_line())
         click.echo("wrote " + ", ".join(str(p) for p in paths.values()), err=True)

@@ -104,3 +104,19 @@ def split(examples: list[Example], *, dev_fraction: float = 0.2, seed: int = 0) 
             h = int(hashlib.sha256(f"{seed}:{e.key}".encode()).hexdigest()[:8], 16) / 2**32
             (dev if h < dev_fraction else train).append(e)
     return train, dev
+
+
+def cap(examples: list[Example], n: int, *, seed: int = 0) -> list[Example]:
+    """At most ``n`` examples per (source, category, label, split), chosen by a stable hash of the text.
+
+    Large single-source sets (thousands of near-identical templates) otherwise dominate the
+    fit and the feature-extraction time; capping keeps every source's voice in the mix.
+    """
+    groups: dict[tuple[str, str, str, str], list[Example]] = {}
+    for e in examples:
+        groups.setdefault((e.source, str(e.extra.get("category", "")), e.label, e.split), []).append(e)
+    keep = set()
+    for items in groups.values():
+        ranked = sorted(items, key=lambda e: hashlib.sha256(f"{seed}:{e.key}".encode()).hexdigest())
+        keep.update(id(e) for e in ranked[:n])
+    return [e for e in examples if id(e) in keep]

@@ -1,0 +1,35 @@
+"""Options and helpers shared by the CLI modules (kept apart so cli.py and cli_train.py import it, not each other)."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import click
+
+ARGV: list[str] = []  # the command line, recorded by cli.Group.main for head.json and reports
+
+
+def command_line() -> str:
+    """The current command as a shell-quoted string, e.g. ``phasegpt train-head -d data.jsonl -o head``."""
+    return "phasegpt " + " ".join(shlex.quote(str(a)) for a in ARGV)
+
+
+def model_options(f):
+    """--model/--adapter/--head/--dtype, shared by every command that loads a model."""
+    f = click.option("--dtype", default="auto", show_default=True,
+                     type=click.Choice(["auto", "float32", "float16", "bfloat16", "native"]),
+                     help="Weight dtype (auto: float32 on CPU, as stored on GPU).")(f)
+    f = click.option("--head", type=click.Path(path_type=Path), help="Head folder (head.json + head.safetensors).")(f)
+    f = click.option("--adapter", type=click.Path(path_type=Path), help="mlx-lm LoRA adapter folder.")(f)
+    f = click.option("--model", "-m", "model_", metavar="PATH|REPO",
+                     help="mlx-lm folder, Hugging Face repo id or .gguf file (default: packaged SmolLM2 + shipped head).")(f)
+    return f
+
+
+def load_model(model_, adapter, head, dtype, audit=None):
+    import phasegpt
+
+    model = phasegpt.load(model_, adapter=adapter, head=head, dtype=dtype, audit=audit)
+    model.source = "cli"
+    return model
