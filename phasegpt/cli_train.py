@@ -144,7 +144,13 @@ def eval_(model_, adapter, head, dtype, data, split_, out, batch_size, title):
         rows += [e for e in read_jsonl(p, skip_other=False) if split_ == "all" or e.split == split_]
     if not rows:
         raise click.ClickException(f"no rows with split {split_!r} in {', '.join(map(str, data))}")
+    from phasegpt.train.train_head import fitting
+
     model = load_model(model_, adapter, head, dtype)
+    rows, too_long = fitting(model, rows)
+    if too_long:
+        click.echo(f"skipped {len(too_long)} rows longer than the model's context: "
+                   + ", ".join(str(e.extra.get("id", e.prompt[:30])) for e in too_long), err=True)
     verdicts = []
     with click.progressbar(length=len(rows), label="evaluating", file=sys.stderr) as bar:
         for start in range(0, len(rows), 256):
@@ -156,6 +162,8 @@ def eval_(model_, adapter, head, dtype, data, split_, out, batch_size, title):
     result = evaluate([e.label for e in rows], probs, predictions=[v.label for v in verdicts],
                       sources=[e.source or "unknown" for e in rows],
                       source_labels=[e.extra.get("source_label", e.label) for e in rows])
+    result["n_too_long"] = len(too_long)
+    result["too_long_ids"] = [str(e.extra.get("id", "")) for e in too_long]
     click.echo(format_summary(result))
     if out is not None:
         paths = write_report(result, out, title=title, command=command_line())

@@ -88,6 +88,7 @@ def _write_data(path: Path) -> Path:
             rows.append({"prompt": f"{text} {i}", "label": label, "split": "dev" if i % 4 == 0 else "train",
                          "source": "tiny"})
     rows.append({"prompt": "held out", "label": "answer", "split": "test", "source": "tiny"})
+    rows.append({"prompt": "far too long " * 2000, "label": "answer", "split": "train", "source": "tiny"})
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
@@ -96,6 +97,7 @@ def test_train_head_then_eval(tiny_dir, tmp_path):
     data = _write_data(tmp_path / "data.jsonl")
     r = invoke("train-head", "--model", tiny_dir, "-d", data, "-o", tmp_path / "head")
     assert r.exit_code == 0, r.output
+    assert "skipped 1 examples longer than the model's context" in r.output
     cfg = json.loads((tmp_path / "head" / "head.json").read_text())
     assert cfg["metrics"]["n_train"] == 36 and cfg["metrics"]["n_dev"] == 12  # the test row is never used
     assert cfg["training"]["command"].startswith("phasegpt train-head")

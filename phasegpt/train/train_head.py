@@ -18,6 +18,18 @@ from phasegpt.train.fit_head import FitConfig, fit_head
 from phasegpt.verdict import LABELS
 
 
+def fitting(model: Any, examples: Sequence[Example]) -> tuple[list[Example], list[Example]]:
+    """Split examples into those whose chat prompt fits the model's context and those that do not."""
+    keep, long = [], []
+    for e in examples:
+        try:
+            model.encode(e.prompt, e.context)
+            keep.append(e)
+        except ValueError:
+            long.append(e)
+    return keep, long
+
+
 def default_candidates(n: int) -> list[int]:
     """Candidate layers for the sweep: about ten, spread over the upper three quarters of the model.
 
@@ -58,6 +70,10 @@ def train_head(model: Any, examples: Sequence[Example], out: str | Path, *, dev:
         train, dev = split(list(examples), seed=fit.seed)
     else:
         train = [e for e in examples if e.split != "test"]
+    log = (lambda s: print(s, file=sys.stderr)) if progress else (lambda s: None)
+    (train, long_train), (dev, long_dev) = fitting(model, train), fitting(model, dev)
+    if long_train or long_dev:
+        log(f"skipped {len(long_train) + len(long_dev)} examples longer than the model's context")
     check_labels(train, "the training split")
     check_labels(dev, "the dev split")
     n = num_layers(model.loaded.model)
@@ -65,7 +81,6 @@ def train_head(model: Any, examples: Sequence[Example], out: str | Path, *, dev:
     if fit.layers is not None:  # fixed layers are model layer numbers; sweep them only
         cands = sorted({i % n for i in fit.layers})
         fit = FitConfig(**{**fit.__dict__, "layers": tuple(range(len(cands)))})
-    log = (lambda s: print(s, file=sys.stderr)) if progress else (lambda s: None)
     t0 = time.perf_counter()
     xtr = extract(model, train, cands, batch_size=batch_size, use_cache=use_cache, progress=progress)
     xdv = extract(model, dev, cands, batch_size=batch_size, use_cache=use_cache, progress=progress)
@@ -78,6 +93,7 @@ def train_head(model: Any, examples: Sequence[Example], out: str | Path, *, dev:
         "base_model": loaded.name, "base_fingerprint": loaded.fingerprint,
         "adapter_sha256": loaded.adapter_sha256, "hidden_size": int(loaded.config.get("hidden_size", 0)),
         "training": {**(training or {}), "seed": fit.seed, "candidates": cands, "kind": fit.kind,
+                     "skipped_too_long": len(long_train) + len(long_dev),
                      "feature_seconds": round(t1 - t0, 2)},
     }
     head = fit_head(xtr, ytr, xdv, ydv, layers=cands, cfg=fit, identity=identity, log=log)
