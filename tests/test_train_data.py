@@ -1,0 +1,109 @@
+"""Labelled JSONL reading, splits and caps, and the head fitting math on synthetic features."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from phasegpt.train.data import BUNDLED, cap, check_labels, read_jsonl, split
+from phasegpt.train.fit_head import FitConfig, calibrate, fit_head, macro_f1
+from phasegpt.verdict import LABELS
+
+
+def _write(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def test_bad_lines_name_file_and_line(tmp_path):
+    cases = [
+        ('{"prompt": "a", "label": "answer"}', "{not json", "not valid JSON"),
+        ('{"prompt": "a", "label": "answer"}', '{"label": "answer"}', "missing or empty \\\"prompt\\\""),
+        ('{"prompt": "a", "label": "answer"}', '{"prompt": "b", "label": "rude"}', "unknown label 'rude'"),
+        ('{"prompt": "a", "label": "answer"}', '{"prompt": "b", "label": "answer", "context": [3]}', "document 0"),
+        ('{"prompt": "a", "label": "answer"}', "[1, 2]", "expected a JSON object"),
+    ]
+    for good, bad, message in cases:
+        path = _write(tmp_path / "d.jsonl", [good, bad])
+        with pytest.raises(ValueError, match=f"{path}:2: .*{message}"):
+            read_jsonl(path)
+    with pytest.raises(FileNotFoundError):
+        read_jsonl(tmp_path / "missing.jsonl")
+
+
+def test_other_rows_skipped_or_kept(tmp_path):
+    path = _write(tmp_path / "d.jsonl", [{"prompt": "a", "label": "other"}, {"prompt": "b", "label": "answer"}])
+    assert [e.prompt for e in read_jsonl(path)] == ["b"]
+    assert [e.label for e in read_jsonl(path, skip_other=False)] == ["other", "answer"]
+
+
+def test_split_uses_given_splits_and_never_test(tmp_path):
+    rows = [{"prompt": f"p{i}", "label": LABELS[i % 4], "split": s} for i, s in enumerate(["train", "dev", "test"] * 4)]
+    rows += [{"prompt": f"q{i}", "label": LABELS[i % 4]} for i in range(200)]
+    train, dev = split(read_jsonl(_write(tmp_path / "d.jsonl", rows)))
+    assert not any(e.split == "test" for e in train + dev)
+    assert {e.prompt for e in dev if e.split} == {"p1", "p4", "p7", "p10"}
+    unsplit_dev = [e for e in dev if not e.split]
+    assert 20 < len(unsplit_dev) < 60  # about 20% of 200, by a stable hash
+    assert split(read_jsonl(tmp_path / "d.jsonl"))[1] == dev
+
+
+def test_cap_is_per_group_and_stable(tmp_path):
+    rows = [{"prompt": f"p{i}", "label": "answer", "source": "big", "split": "train"} for i in range(50)]
+    rows += [{"prompt": f"s{i}", "label": "safety", "source": "small", "split": "train"} for i in range(5)]
+    ex = read_jsonl(_write(tmp_path / "d.jsonl", rows))
+    capped = cap(ex, 10)
+    assert sum(e.source == "big" for e in capped) == 10 and sum(e.source == "small" for e in capped) == 5
+    assert cap(ex, 10) == capped and cap(ex, 10, seed=1) != capped
+
+
+def test_single_label_is_refused(tmp_path):
+    ex = read_jsonl(_write(tmp_path / "d.jsonl", [{"prompt": f"p{i}", "label": "answer"} for i in range(5)]))
+    with pytest.raises(ValueError, match="at least two labels"):
+        check_labels(ex)
+
+
+def test_bundled_prompts_read_cleanly():
+    ex = read_jsonl(BUNDLED)
+    assert len(ex) > 2000 and {e.label for e in ex} == set(LABELS)
+
+
+def _synthetic(n, d=24, layers=3, seed=0):
+    """Features where class k shifts dimension k of layer 1 (the others are noise)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 4, n)
+    x = rng.standard_normal((n, layers, 2, d)).astype(np.float32)
+    x[np.arange(n), 1, 0, y] += 3.0
+    return x, y
+
+
+def test_fit_head_finds_the_informative_layer_and_is_deterministic():
+    xtr, ytr = _synthetic(400)
+    xdv, ydv = _synthetic(200, seed=1)
+    identity = {"base_model": "synthetic", "base_fingerprint": "0" * 16, "hidden_size": 24}
+    head = fit_head(xtr, ytr, xdv, ydv, layers=[4, 8, 12], cfg=FitConfig(max_layers=1), identity=identity)
+    assert head.config.layers == (8,) and "last" in head.config.pooling
+    assert head.config.metrics["dev_macro_f1"] > 0.9
+    again = fit_head(xtr, ytr, xdv, ydv, layers=[4, 8, 12], cfg=FitConfig(max_layers=1), identity=identity)
+    assert np.array_equal(np.array(head.params["w"]), np.array(again.params["w"]))
+
+
+def test_temperature_calibration_undoes_overconfidence():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 2000)
+    true_logits = rng.standard_normal((2000, 4))
+    true_logits[np.arange(2000), y] += 1.0
+    # labels drawn from softmax(true_logits); the model reports 5x sharper logits
+    p = np.exp(true_logits) / np.exp(true_logits).sum(1, keepdims=True)
+    y = np.array([rng.choice(4, p=row) for row in p])
+    t = calibrate(5 * true_logits, y)
+    assert 3.5 < t < 6.5
+
+
+def test_macro_f1_by_hand():
+    y = np.array([0, 0, 1, 1, 2, 3])
+    pred = np.array([0, 1, 1, 1, 2, 2])
+    # class 0: P=1, R=.5 -> 2/3; class 1: P=2/3, R=1 -> .8; class 2: P=.5, R=1 -> 2/3; class 3: 0
+    assert macro_f1(y, pred) == pytest.approx((2 / 3 + 0.8 + 2 / 3 + 0) / 4)
