@@ -119,9 +119,11 @@ def bench_fit(n: int, n_layers: int, d: int, rounds: int, seed: int) -> list[str
                 finals.append(time.perf_counter() - t0)
         print(f"  fit round {r + 1}/{rounds}: sweep {sweeps[-1]:.1f}s, final fit {finals[-1]:.1f}s", flush=True)
     total = median(sweeps) + median(finals)
-    idx, pooling, trials = chosen
+    idx, pooling, rows = chosen
+    singles = n_layers * 3  # every layer x POOLINGS, then one row per greedy round of n_layers - k probes
+    probes = singles + sum(n_layers - k for k in range(1, rows - singles + 1))
     return [
-        [f"fit_head: layer/pooling sweep ({trials} probes, chose {len(idx)} layers, {pooling})",
+        [f"fit_head: layer/pooling sweep ({probes} linear probes, chose {len(idx)} layers, {pooling})",
          f"{median(sweeps):.1f} s", f"spread {spread(sweeps)} s", "-", "-"],
         [f"fit_head: final fit + calibrate + thresholds ({len(idx)} layers, {pooling})",
          f"{median(finals):.1f} s", f"spread {spread(finals)} s", "-", "-"],
