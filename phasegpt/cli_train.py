@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
@@ -126,24 +125,27 @@ def train_adapter(model_, adapter, head, dtype, data, out, style, iters, rank, n
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), help="Write metrics.json, report.md and figures here.")
 @click.option("--batch-size", default=16, show_default=True)
 @click.option("--title", default="phasegpt evaluation", show_default=True)
-def eval_(model_, adapter, head, dtype, data, split_, out, batch_size, title):
+@click.option("--no-cache", is_flag=True, help="Do not read or write the feature cache.")
+def eval_(model_, adapter, head, dtype, data, split_, out, batch_size, title, no_cache):
     """Score a head on labelled data: accuracy, macro-F1, per-class and per-source tables, calibration.
+
+    Features go through the same batched prefill as `classify` and the feature cache, so
+    evaluating again (another head on the same base) is fast.
 
     \b
     Example:
       phasegpt eval -d ../shared/data/eval.jsonl --split test -o reports/smollm2
     """
-    import numpy as np
 
     from phasegpt.evaluate import evaluate, format_summary, write_report
     from phasegpt.train.data import read_jsonl
-    from phasegpt.verdict import LABELS
 
     rows = []
     for p in data:
         rows += [e for e in read_jsonl(p, skip_other=False) if split_ == "all" or e.split == split_]
     if not rows:
         raise click.ClickException(f"no rows with split {split_!r} in {', '.join(map(str, data))}")
+    from phasegpt.train.features import predict
     from phasegpt.train.train_head import fitting
 
     model = load_model(model_, adapter, head, dtype)
@@ -151,15 +153,10 @@ def eval_(model_, adapter, head, dtype, data, split_, out, batch_size, title):
     if too_long:
         click.echo(f"skipped {len(too_long)} rows longer than the model's context: "
                    + ", ".join(str(e.extra.get("id", e.prompt[:30])) for e in too_long), err=True)
-    verdicts = []
-    with click.progressbar(length=len(rows), label="evaluating", file=sys.stderr) as bar:
-        for start in range(0, len(rows), 256):
-            chunk = rows[start:start + 256]
-            verdicts += model.classify([e.prompt for e in chunk], contexts=[e.context for e in chunk],
-                                       batch_size=batch_size)
-            bar.update(len(chunk))
-    probs = np.array([[v.probs[k] for k in LABELS] for v in verdicts])
-    result = evaluate([e.label for e in rows], probs, predictions=[v.label for v in verdicts],
+    if model.head is None:
+        raise click.ClickException("eval needs a head: pass --head (or an --adapter folder holding head.json)")
+    probs, predictions = predict(model, rows, batch_size=batch_size, use_cache=not no_cache)
+    result = evaluate([e.label for e in rows], probs, predictions=predictions,
                       sources=[e.source or "unknown" for e in rows],
                       source_labels=[e.extra.get("source_label", e.label) for e in rows])
     result["n_too_long"] = len(too_long)

@@ -137,3 +137,15 @@ def test_inference_script_subprocess(tiny_args):
     p = subprocess.run([sys.executable, str(ROOT / "scripts" / "inference.py"), "--model", "/no/such/model", "hi"],
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 1 and "model not found" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_eval_probabilities_equal_classify(tiny_dir, tiny_model, tmp_path):
+    """eval scores through the feature cache; it must agree with Model.classify."""
+    from phasegpt.train.data import read_jsonl
+    from phasegpt.train.features import predict
+
+    rows = [e for e in read_jsonl(_write_data(tmp_path / "d.jsonl")) if len(e.prompt) < 100]
+    probs, labels = predict(tiny_model, rows, progress=False)
+    verdicts = tiny_model.classify([e.prompt for e in rows])
+    assert labels == [v.label for v in verdicts]
+    assert abs(probs - [[v.probs[k] for k in LABELS] for v in verdicts]).max() < 1e-4

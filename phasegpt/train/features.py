@@ -98,3 +98,22 @@ def _save(path: Path, cached: dict[str, np.ndarray]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def predict(model, examples: Sequence[Example], *, batch_size: int = 16, use_cache: bool = True,
+            progress: bool = True) -> tuple[np.ndarray, list[str]]:
+    """The head's probabilities (N, C) and labels for ``examples``, through the feature cache.
+
+    The same batched prefill and pooling as ``Model.classify`` (so the same numbers, to float
+    rounding), but reading the layers the head was swept over from the cache: re-scoring a
+    retrained head, or one trained in the same run as the evaluation features, costs nothing.
+    """
+    head = model.head
+    layers = list(head.config.training.get("candidates") or head.config.layers)
+    if not set(head.config.layers) <= set(layers):
+        layers = list(head.config.layers)
+    feats = extract(model, examples, layers, batch_size=batch_size, use_cache=use_cache, progress=progress)
+    pools = {"last": [0], "mean": [1], "last+mean": [0, 1]}[head.config.pooling]
+    x = feats[:, [layers.index(i) for i in head.config.layers]][:, :, pools].reshape(len(examples), -1)
+    probs = head.probs(mx.array(x))
+    return np.array(probs), head.decide(probs)
