@@ -123,29 +123,30 @@ class Model:
     def _classify_batch(self, batch: list[list[int]]) -> list[Verdict]:
         hidden, lengths = self.hidden_states(batch, self.head.config.layers)
         probs = self.head.probs(self.head.pool(hidden, lengths, self._span))
-        mx.eval(probs, hidden)
-        out = []
-        for b, ids in enumerate(batch):
-            one = {k: h[b:b + 1, :len(ids)] for k, h in hidden.items()}
-            out.append(self._verdict(probs[b], one, ids))
-        return out
+        z = [self._position_logits({k: h[b:b + 1, :len(ids)] for k, h in hidden.items()})
+             for b, ids in enumerate(batch)]
+        mx.eval(probs, z)
+        return [self._verdict(probs[b], z[b], ids) for b, ids in enumerate(batch)]
 
-    def _verdict(self, probs: mx.array, hidden: dict[int, mx.array], ids: list[int]) -> Verdict:
+    def _position_logits(self, hidden: dict[int, mx.array]) -> mx.array:
+        """Calibrated logits (T, C) of the head applied at every position of one prompt (for evidence)."""
+        return self.head.logits(self.head.per_position(hidden)) / self.head.config.temperature
+
+    def _verdict(self, probs: mx.array, z: mx.array, ids: list[int]) -> Verdict:
         head = self.head
         labels = head.config.labels
         label = head.decide(probs[None])[0]
         p = dict(zip(labels, probs.tolist()))
         return Verdict(
-            label=label, probs=p, confidence=p[label], evidence=self._evidence(hidden, ids, labels.index(label)),
+            label=label, probs=p, confidence=p[label], evidence=self._evidence(z, ids, labels.index(label)),
             layers=tuple(head.config.layers), source="head", model=self.loaded.name,
             model_fingerprint=self.loaded.fingerprint, head_sha256=head.sha256,
             adapter_sha256=self.loaded.adapter_sha256, thresholds=dict(head.config.thresholds),
         )
 
-    def _evidence(self, hidden: dict[int, mx.array], ids: list[int], k: int) -> tuple[str, ...]:
+    def _evidence(self, z: mx.array, ids: list[int], k: int) -> tuple[str, ...]:
         """The user's words where the head, applied per position, leans hardest towards class k."""
         pre, post = self._span
-        z = self.head.logits(self.head.per_position(hidden)) / self.head.config.temperature  # (T, C)
         score = (z[:, k] - mx.logsumexp(z, axis=-1)).tolist()  # log p_t(k)
         words = _words(self.tokenizer, ids, pre, len(ids) - post)
         ranked = sorted(words, key=lambda w: -max(score[i] for i in w[1]))
@@ -183,15 +184,21 @@ class Model:
         t0 = time.perf_counter()
         layers = self.head.config.layers if self.head else ()
         text, verdict, finish = "", None, "abandoned"
+        ready: dict[str, mx.array] = {}
+
+        def prepare(taps):  # inside the last prefill call: queue the head before the first decode step
+            hidden = taps.hidden()
+            ready["probs"] = self.head.probs(self.head.pool(hidden, mx.array([len(ids)]), self._span))[0]
+            ready["z"] = self._position_logits(hidden)
+            mx.async_eval(ready["probs"], ready["z"])
+
         try:
-            with tapped(self.loaded.model, layers, budget=len(ids)) as taps:
+            with tapped(self.loaded.model, layers, budget=len(ids), on_done=prepare if self.head else None):
                 gen = stream_generate(self.loaded.model, self.tokenizer, ids, max_tokens=max_tokens,
                                       sampler=make_sampler(temp=temp, top_p=top_p))
-                first = next(gen)  # prefill done (and the first token sampled): the taps are full
-                if self.head is not None:
-                    hidden = taps.hidden()
-                    feats = self.head.pool(hidden, mx.array([len(ids)]), self._span)
-                    verdict = self._verdict(self.head.probs(feats)[0], hidden, ids)
+                first = next(gen)  # prefill done (and the first token sampled): the head has run too
+            if self.head is not None:
+                verdict = self._verdict(ready["probs"], ready["z"], ids)
             stop = stop_on_refusal and verdict is not None and verdict.refusal
             yield Chunk("", verdict, None, len(ids), 0, first.prompt_tps, 0.0, "refusal" if stop else None,
                         time.perf_counter() - t0)

@@ -13,7 +13,7 @@ parameters and cannot end up in a saved weight file.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -24,10 +24,11 @@ import mlx.nn as nn
 class _Tap:
     """Calls ``layer`` and records its output (B, T, D) for the first ``budget`` positions."""
 
-    def __init__(self, layer: nn.Module, budget: int):
+    def __init__(self, layer: nn.Module, budget: int, notify: Callable[[], None]):
         self.layer = layer
         self.budget = budget
         self.outputs: list[mx.array] = []
+        self.notify = notify
 
     def __call__(self, x: mx.array, *args: Any, **kwargs: Any) -> Any:
         out = self.layer(x, *args, **kwargs)
@@ -36,6 +37,8 @@ class _Tap:
             kept = h[:, : self.budget]  # generate_step feeds the prompt in chunks: keep prompt positions only
             self.outputs.append(kept)
             self.budget -= kept.shape[1]
+            if self.budget <= 0:
+                self.notify()
         return out
 
     def __getattr__(self, name: str) -> Any:
@@ -49,10 +52,27 @@ class _Tap:
 
 
 class Taps:
-    """The taps of one call: ``hidden()`` returns {layer index: (B, T, D)}."""
+    """The taps of one call: ``hidden()`` returns {layer index: (B, T, D)}.
 
-    def __init__(self, taps: dict[int, _Tap]):
-        self._taps = taps
+    ``on_done(taps)``, if given, runs inside the forward pass as soon as every tap holds its
+    whole budget: work built there (the head) is queued before anything mlx-lm schedules
+    next (the first decode step), so the verdict does not wait for that step.
+    """
+
+    def __init__(self, on_done: Callable[[Taps], None] | None):
+        self._taps: dict[int, _Tap] = {}
+        self._on_done = on_done
+        self._pending = 0
+
+    def _add(self, index: int, layer: nn.Module, budget: int) -> _Tap:
+        self._taps[index] = _Tap(layer, budget, self._tap_done)
+        self._pending += 1
+        return self._taps[index]
+
+    def _tap_done(self) -> None:
+        self._pending -= 1
+        if self._pending == 0 and self._on_done is not None:
+            self._on_done(self)
 
     def done(self) -> bool:
         """True once every tap has recorded its whole budget (the prompt is consumed)."""
@@ -75,13 +95,15 @@ def _blocks(model: nn.Module) -> list:
 
 
 @contextmanager
-def tapped(model: nn.Module, layers: Sequence[int], budget: int) -> Iterator[Taps]:
+def tapped(model: nn.Module, layers: Sequence[int], budget: int,
+           on_done: Callable[[Taps], None] | None = None) -> Iterator[Taps]:
     """Record the outputs of ``layers`` (block indices, negative from the end) for ``budget`` positions.
 
     Args:
         model: an mlx-lm model.
         layers: which blocks' outputs (the residual stream after them) to keep.
         budget: how many leading positions to keep (the prompt length).
+        on_done: called once, inside the forward pass, when the whole budget is recorded.
 
     Yields:
         The taps; read them with ``hidden()`` after the forward pass.
@@ -91,11 +113,11 @@ def tapped(model: nn.Module, layers: Sequence[int], budget: int) -> Iterator[Tap
     for i in layers:
         if not -n <= i < n:
             raise ValueError(f"layer {i} does not exist; the model has {n} layers (0..{n - 1})")
-    taps = {i % n: _Tap(blocks[i % n], budget) for i in layers}
-    for i, t in taps.items():
-        blocks[i] = t
+    taps = Taps(on_done)
+    for i in sorted({i % n for i in layers}):
+        blocks[i] = taps._add(i, blocks[i], budget)
     try:
-        yield Taps(taps)
+        yield taps
     finally:
-        for i, t in taps.items():
+        for i, t in taps._taps.items():
             blocks[i] = t.layer
