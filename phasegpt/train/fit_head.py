@@ -2,7 +2,8 @@
 
 1. sweep  every candidate layer x pooling with a quick linear probe, scored by dev macro-F1;
           then greedily add layers to the best one while dev macro-F1 improves;
-2. fit    class-weighted multinomial logistic regression (or a small MLP) on train;
+2. fit    class-weighted multinomial logistic regression (or a small MLP) on train,
+          early-stopped on dev macro-F1;
 3. calibrate a temperature that minimises dev negative log-likelihood;
 4. threshold per-class offsets on dev (coordinate search for macro-F1).
 
@@ -21,6 +22,7 @@ from phasegpt.head import POOLINGS, Head, HeadConfig
 from phasegpt.verdict import LABELS
 
 _POOL_INDEX = {"last": [0], "mean": [1], "last+mean": [0, 1]}
+EVAL_EVERY = 25  # steps between dev checks when early stopping
 
 
 @dataclass(frozen=True)
@@ -45,8 +47,14 @@ def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean.astype(np.float32), std.astype(np.float32)
 
 
-def _fit_linear(x: np.ndarray, y: np.ndarray, cfg: FitConfig, kind: str | None = None) -> dict[str, np.ndarray]:
-    """Class-weighted softmax regression (or MLP) with Adam; returns head arrays."""
+def _fit_linear(x: np.ndarray, y: np.ndarray, cfg: FitConfig, kind: str | None = None,
+                dev: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Class-weighted softmax regression (or MLP) with Adam; returns head arrays.
+
+    With ``dev`` (features, labels), the weights are checked every ``EVAL_EVERY`` steps and the
+    best by dev macro-F1 are kept (early stopping): full-batch Adam on thousands of
+    standardised features overshoots, and dev F1 moves by several points between steps.
+    """
     kind = kind or cfg.kind
     rng = np.random.default_rng(cfg.seed)
     mean, std = _standardise(x)
@@ -68,6 +76,7 @@ def _fit_linear(x: np.ndarray, y: np.ndarray, cfg: FitConfig, kind: str | None =
     m = {k: np.zeros_like(v) for k, v in params.items()}
     v = {k: np.zeros_like(v) for k, v in params.items()}
     steps = cfg.steps if kind == "linear" else max(cfg.steps // 2, 50)
+    best, best_f1 = None, -1.0
     batch = n if kind == "linear" else min(n, 256)
     for t in range(1, steps + 1):
         idx = slice(None) if batch == n else rng.choice(n, batch, replace=False)
@@ -86,7 +95,11 @@ def _fit_linear(x: np.ndarray, y: np.ndarray, cfg: FitConfig, kind: str | None =
             m[k] = 0.9 * m[k] + 0.1 * grads[k]
             v[k] = 0.999 * v[k] + 0.001 * grads[k] ** 2
             params[k] -= cfg.lr * (m[k] / (1 - 0.9**t)) / (np.sqrt(v[k] / (1 - 0.999**t)) + 1e-8)
-    return {"mean": mean, "std": std, **params}
+        if dev is not None and (t % EVAL_EVERY == 0 or t == steps):
+            f1 = macro_f1(dev[1], _logits({"mean": mean, "std": std, **params}, dev[0]).argmax(axis=1))
+            if f1 > best_f1:
+                best, best_f1 = {k: v.copy() for k, v in params.items()}, f1
+    return {"mean": mean, "std": std, **(best or params)}
 
 
 def _logits(arrays: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
@@ -119,8 +132,9 @@ def _select(feats: np.ndarray, layer_idx: tuple[int, ...], pooling: str) -> np.n
 
 
 def _score(train, ytr, dev, ydv, layer_idx, pooling, cfg) -> float:
-    arrays = _fit_linear(_select(train, layer_idx, pooling), ytr, cfg, kind="linear")
-    return macro_f1(ydv, _logits(arrays, _select(dev, layer_idx, pooling)).argmax(axis=1))
+    xdv = _select(dev, layer_idx, pooling)
+    arrays = _fit_linear(_select(train, layer_idx, pooling), ytr, cfg, kind="linear", dev=(xdv, ydv))
+    return macro_f1(ydv, _logits(arrays, xdv).argmax(axis=1))
 
 
 def sweep(train: np.ndarray, ytr: np.ndarray, dev: np.ndarray, ydv: np.ndarray, cfg: FitConfig,
@@ -195,7 +209,7 @@ def fit_head(train: np.ndarray, ytr: np.ndarray, dev: np.ndarray, ydv: np.ndarra
     """
     layer_idx, pooling, table = sweep(train, ytr, dev, ydv, cfg, log)
     xtr, xdv = _select(train, layer_idx, pooling), _select(dev, layer_idx, pooling)
-    arrays = _fit_linear(xtr, ytr, cfg)
+    arrays = _fit_linear(xtr, ytr, cfg, dev=(xdv, ydv))
     dev_logits = _logits(arrays, xdv)
     temperature = calibrate(dev_logits, ydv)
     probs = _softmax(dev_logits, temperature)
