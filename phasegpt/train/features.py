@@ -17,6 +17,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,6 +27,8 @@ import numpy as np
 from phasegpt.head import pool
 from phasegpt.paths import user_dir
 from phasegpt.train.data import Example
+
+SAVE_EVERY = 300.0  # seconds between cache checkpoints during a long extraction
 
 
 def cache_file(model, layers: Sequence[int]) -> Path:
@@ -62,15 +65,16 @@ def extract(model, examples: Sequence[Example], layers: Sequence[int], *, batch_
     if todo:
         encoded = [(k, model.encode(e.prompt, e.context)) for k, e in todo]
         encoded.sort(key=lambda kv: len(kv[1]))  # similar lengths in a batch pad less
-        _run(model, encoded, layers, batch_size, cached, progress)
-        if use_cache:
-            _save(path, cached)
+        save = (lambda: _save(path, cached)) if use_cache else (lambda: None)
+        _run(model, encoded, layers, batch_size, cached, progress, save)
+        save()
     return np.stack([cached[k] for k in keys]).astype(np.float32)
 
 
-def _run(model, encoded, layers, batch_size, out, progress) -> None:
+def _run(model, encoded, layers, batch_size, out, progress, save) -> None:
     import click
 
+    last_save = time.monotonic()
     bar = click.progressbar(length=len(encoded), label="extracting features", file=sys.stderr) if progress else None
     try:
         for start in range(0, len(encoded), batch_size):
@@ -83,6 +87,9 @@ def _run(model, encoded, layers, batch_size, out, progress) -> None:
                 out[k] = row
             if bar is not None:
                 bar.update(len(chunk))
+            if time.monotonic() - last_save > SAVE_EVERY:  # long runs keep their progress if stopped
+                save()
+                last_save = time.monotonic()
     finally:
         if bar is not None:
             bar.render_finish()
