@@ -101,8 +101,13 @@ def train_adapter(model_, adapter, head, dtype, data, out, style, iters, rank, n
 
     if adapter is not None:
         raise click.UsageError("train-adapter trains a new adapter on the base model; drop --adapter")
-    examples = _examples(data)
+    from phasegpt.train.train_head import fitting
+
+    examples = [e for e in _examples(data) if e.split != "test"]
     model = load_model(model_, None, None, dtype)
+    examples, too_long = fitting(model, examples)
+    if too_long:
+        click.echo(f"skipped {len(too_long)} examples longer than the model's context", err=True)
     train, dev = split(examples, seed=seed)
 
     def records(xs):

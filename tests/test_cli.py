@@ -149,3 +149,22 @@ def test_eval_probabilities_equal_classify(tiny_dir, tiny_model, tmp_path):
     verdicts = tiny_model.classify([e.prompt for e in rows])
     assert labels == [v.label for v in verdicts]
     assert abs(probs - [[v.probs[k] for k in LABELS] for v in verdicts]).max() < 1e-4
+
+
+def test_train_adapter_cli_writes_a_loadable_adapter(tiny_dir, tmp_path):
+    import mlx.core as mx
+
+    import phasegpt
+
+    mx.disable_compile()  # CPU kernel compilation costs ~40 s the first time; results are the same
+    try:
+        data = _write_data(tmp_path / "data.jsonl")
+        out = tmp_path / "lora"
+        r = invoke("train-adapter", "--model", tiny_dir, "-d", data, "-o", out, "--iters", 2, "--batch-size", 2,
+                   "--num-layers", 2, "--rank", 4)
+        assert r.exit_code == 0, r.output
+        assert {p.name for p in out.iterdir()} == {"adapter_config.json", "adapters.safetensors"}
+        model = phasegpt.load(tiny_dir, adapter=out)
+        assert model.loaded.adapter_sha256 and model.generate("hi", max_tokens=2).generation_tokens >= 1
+    finally:
+        mx.enable_compile()
