@@ -24,6 +24,7 @@ from phasegpt.prompting import RAG_TEMPLATE, Context, content_span, prompt_token
 from phasegpt.tap import tapped
 from phasegpt.verdict import Chunk, Result, Verdict, parse_tag
 
+MAX_BATCH_TOKENS = 16_384  # padded positions per forward pass: bounds attention memory on long RAG prompts
 NO_HEAD = ("no head is loaded, so there is no verdict; pass head=<folder> to phasegpt.load "
            "or train one with `phasegpt train-head`")
 EVIDENCE_WORDS = 3
@@ -93,9 +94,7 @@ class Model:
             raise ValueError("batch_size must be at least 1")
         encoded = [self.encode(p, c) for p, c in zip(prompts, contexts)]
         verdicts: list[Verdict | None] = [None] * len(encoded)
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # similar lengths pad less
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
+        for idx in batches([len(t) for t in encoded], batch_size):
             t0 = time.perf_counter()
             for i, v in zip(idx, self._classify_batch([encoded[i] for i in idx])):
                 verdicts[i] = v
@@ -257,6 +256,20 @@ class Model:
         docs = None if context is None else ([context] if isinstance(context, (str, dict)) else list(context))
         self.audit.record(verdict, prompt=prompt, contexts=docs, response=response,
                           source=self.source, duration=duration, metadata=meta)
+
+
+def batches(lengths: Sequence[int], batch_size: int, max_tokens: int = MAX_BATCH_TOKENS) -> Iterator[list[int]]:
+    """Indices grouped into batches of similar length (less padding), at most ``batch_size``
+    prompts and ``max_tokens`` padded positions each (a long prompt goes alone if it must)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batch: list[int] = []
+    for i in order:
+        if batch and (len(batch) == batch_size or (len(batch) + 1) * lengths[i] > max_tokens):
+            yield batch
+            batch = []
+        batch.append(i)
+    if batch:
+        yield batch
 
 
 def _words(tokenizer: Any, ids: list[int], start: int, end: int) -> list[tuple[str, list[int]]]:

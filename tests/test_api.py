@@ -130,3 +130,14 @@ def test_typed_tags():
     assert parse_tag("<PASS:FAKE>").label == "epistemic"
     assert parse_tag("<WONDER:SUBJECTIVE>").label is None
     assert parse_tag("no tags here") is None
+
+
+def test_batches_bound_prompts_and_padded_tokens():
+    from phasegpt.api import batches
+
+    lengths = [5, 300, 7, 6, 5000, 290, 8]
+    got = list(batches(lengths, 3, max_tokens=900))
+    assert sorted(i for b in got for i in b) == list(range(len(lengths)))
+    for b in got:
+        assert len(b) <= 3 and (len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 900)
+    assert [4] in got  # too long to share a batch: goes alone

@@ -24,6 +24,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
+from phasegpt.api import batches
 from phasegpt.head import pool
 from phasegpt.paths import user_dir
 from phasegpt.train.data import Example
@@ -64,7 +65,6 @@ def extract(model, examples: Sequence[Example], layers: Sequence[int], *, batch_
                   key=lambda kv: len(kv[1].prompt) + len(json.dumps(kv[1].context)))
     if todo:
         encoded = [(k, model.encode(e.prompt, e.context)) for k, e in todo]
-        encoded.sort(key=lambda kv: len(kv[1]))  # similar lengths in a batch pad less
         save = (lambda: _save(path, cached)) if use_cache else (lambda: None)
         _run(model, encoded, layers, batch_size, cached, progress, save)
         save()
@@ -77,8 +77,8 @@ def _run(model, encoded, layers, batch_size, out, progress, save) -> None:
     last_save = time.monotonic()
     bar = click.progressbar(length=len(encoded), label="extracting features", file=sys.stderr) if progress else None
     try:
-        for start in range(0, len(encoded), batch_size):
-            chunk = encoded[start:start + batch_size]
+        for idx in batches([len(ids) for _, ids in encoded], batch_size):
+            chunk = [encoded[i] for i in idx]
             hidden, lengths = model.hidden_states([ids for _, ids in chunk], layers)
             feats = pool(hidden, tuple(layers), "last+mean", lengths, model.span)  # (B, L*2*D)
             mx.eval(feats)
