@@ -34,9 +34,10 @@ def _examples(paths: tuple[Path, ...]):
 @click.option("--seed", default=0, show_default=True)
 @click.option("--batch-size", default=16, show_default=True, help="Prompts per forward pass.")
 @click.option("--cap", type=int, help="At most N training/dev rows per (source, category, label, split), chosen by hash.")
+@click.option("--max-tokens", type=int, help="Skip training/dev prompts longer than this many tokens.")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the feature cache.")
 def train_head(model_, adapter, head, dtype, data, out, layers, candidates, pooling, kind, seed, batch_size, cap,
-               no_cache):
+               max_tokens, no_cache):
     """Train a refusal-reason head for a base model (and adapter) on labelled prompts.
 
     Rows with "split": "dev" tune layers, temperature and thresholds (a stable 20% of
@@ -57,7 +58,8 @@ def train_head(model_, adapter, head, dtype, data, out, layers, candidates, pool
     model = load_model(model_, adapter, None, dtype)
     fit = FitConfig(layers=_ints(layers), pooling=pooling, kind=kind, seed=seed)
     h = run(model, examples, out, candidates=_ints(candidates), fit=fit, batch_size=batch_size,
-            use_cache=not no_cache, training={"data": [str(p) for p in data], "command": command_line()})
+            use_cache=not no_cache, training={"data": [str(p) for p in data], "command": command_line()},
+            max_tokens=max_tokens)
     m = h.config.metrics
     click.echo(f"wrote {out}: layers {list(h.config.layers)}, {h.config.pooling}, "
                f"dev macro-F1 {m['dev_macro_f1']:.3f}, accuracy {m['dev_accuracy']:.3f}")

@@ -18,15 +18,15 @@ from phasegpt.train.fit_head import FitConfig, fit_head
 from phasegpt.verdict import LABELS
 
 
-def fitting(model: Any, examples: Sequence[Example]) -> tuple[list[Example], list[Example]]:
-    """Split examples into those whose chat prompt fits the model's context and those that do not."""
+def fitting(model: Any, examples: Sequence[Example], max_tokens: int | None = None) -> tuple[list[Example], list[Example]]:
+    """Split examples into those whose chat prompt fits (the model's context, and ``max_tokens``) and the rest."""
     keep, long = [], []
     for e in examples:
         try:
-            model.encode(e.prompt, e.context)
-            keep.append(e)
+            fits = max_tokens is None or len(model.encode(e.prompt, e.context)) <= max_tokens
         except ValueError:
-            long.append(e)
+            fits = False
+        (keep if fits else long).append(e)
     return keep, long
 
 
@@ -43,7 +43,8 @@ def default_candidates(n: int) -> list[int]:
 
 def train_head(model: Any, examples: Sequence[Example], out: str | Path, *, dev: Sequence[Example] | None = None,
                candidates: Sequence[int] | None = None, fit: FitConfig = FitConfig(), batch_size: int = 16,
-               use_cache: bool = True, progress: bool = True, training: dict[str, Any] | None = None) -> Head:
+               use_cache: bool = True, progress: bool = True, training: dict[str, Any] | None = None,
+               max_tokens: int | None = None) -> Head:
     """Train a refusal-reason head for ``model`` and write it to ``out``.
 
     Args:
@@ -59,6 +60,8 @@ def train_head(model: Any, examples: Sequence[Example], out: str | Path, *, dev:
         use_cache: reuse and extend the feature cache.
         progress: progress bar and sweep lines on stderr.
         training: free-form record of how the head was made (data files, command), kept in head.json.
+        max_tokens: skip training/dev prompts longer than this (attention on CPU grows with the
+            square of the length; the longest RAG prompts dominate extraction time).
 
     Returns:
         The trained head (already saved).
@@ -71,9 +74,10 @@ def train_head(model: Any, examples: Sequence[Example], out: str | Path, *, dev:
     else:
         train = [e for e in examples if e.split != "test"]
     log = (lambda s: print(s, file=sys.stderr)) if progress else (lambda s: None)
-    (train, long_train), (dev, long_dev) = fitting(model, train), fitting(model, dev)
+    (train, long_train), (dev, long_dev) = fitting(model, train, max_tokens), fitting(model, dev, max_tokens)
     if long_train or long_dev:
-        log(f"skipped {len(long_train) + len(long_dev)} examples longer than the model's context")
+        limit = f"{max_tokens} tokens" if max_tokens else "the model's context"
+        log(f"skipped {len(long_train) + len(long_dev)} examples longer than {limit}")
     check_labels(train, "the training split")
     check_labels(dev, "the dev split")
     n = num_layers(model.loaded.model)
