@@ -23,7 +23,8 @@ def fitting(model: Any, examples: Sequence[Example], max_tokens: int | None = No
     keep, long = [], []
     for e in examples:
         try:
-            fits = max_tokens is None or len(model.encode(e.prompt, e.context)) <= max_tokens
+            n = len(model.encode(e.prompt, e.context))  # raises beyond the model's context
+            fits = max_tokens is None or n <= max_tokens
         except ValueError:
             fits = False
         (keep if fits else long).append(e)
