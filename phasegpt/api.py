@@ -28,6 +28,9 @@ MAX_BATCH_TOKENS = 16_384  # padded positions per forward pass: bounds attention
 NO_HEAD = ("no head is loaded, so there is no verdict; pass head=<folder> to phasegpt.load "
            "or train one with `phasegpt train-head`")
 EVIDENCE_WORDS = 3
+# Function words never make useful evidence ("hack, I, neighbour" reads worse than "hack, neighbour, wifi").
+STOPWORDS = frozenset("a an the i me my we our you your it its he she they them their to of in on at for "
+                      "and or but is are was were be am do does did can could would should will".split())
 
 
 class Model:
@@ -151,7 +154,7 @@ class Model:
         ranked = sorted(words, key=lambda w: -max(score[i] for i in w[1]))
         seen, out = set(), []
         for text, _ in ranked:
-            if text.lower() not in seen:
+            if text.lower() not in seen and text.lower() not in STOPWORDS:
                 seen.add(text.lower())
                 out.append(text)
             if len(out) == EVIDENCE_WORDS:
