@@ -116,16 +116,21 @@ def provider() -> str | None:
     return _library_of(fn) or "(unknown library)"
 
 
-def cpu_flags() -> frozenset[str]:
-    """The CPU feature flags from ``/proc/cpuinfo`` (empty where it cannot be read)."""
+def cpuinfo(*fields: str) -> str:
+    """The value of the first ``/proc/cpuinfo`` line starting with one of ``fields`` ("" if none or unreadable)."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
             for line in f:
-                if line.startswith("flags") or line.startswith("Features"):
-                    return frozenset(line.split(":", 1)[1].split())
+                if line.startswith(fields):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return frozenset()
+    return ""
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags from ``/proc/cpuinfo`` (empty where it cannot be read)."""
+    return frozenset(cpuinfo("flags", "Features").split())
 
 
 def _choose() -> BlasInfo:
@@ -224,20 +229,9 @@ def _candidates() -> Iterator[tuple[str, list[str], str | None]]:
 
     # MKL is tuned for Intel; on an AMD EPYC the system OpenBLAS measured ~1.7x faster than pip
     # mkl (benchmarks/BENCHMARKS_blas.md), so elsewhere OpenBLAS goes first.
-    intel = _cpu_vendor() == "GenuineIntel"
+    intel = cpuinfo("vendor_id") == "GenuineIntel"
     ordered = (mkl_entry, system_entry) if intel else (system_entry, mkl_entry)
     yield from (entry for entry in ordered if entry is not None)
-
-
-def _cpu_vendor() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
 
 
 def _load(paths: list[str]) -> tuple[bool, str]:

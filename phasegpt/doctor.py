@@ -122,11 +122,4 @@ def format_report(d: dict[str, Any]) -> str:
 
 def cpu_model() -> str:
     """The CPU's model name from ``/proc/cpuinfo``, else what :mod:`platform` says."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    return blas.cpuinfo("model name") or platform.processor() or "unknown"
