@@ -119,8 +119,9 @@ def predict(model, examples: Sequence[Example], *, batch_size: int = 16, use_cac
     layers = list(head.config.training.get("candidates") or head.config.layers)
     if not set(head.config.layers) <= set(layers):
         layers = list(head.config.layers)
+    from phasegpt.train.fit_head import select
+
     feats = extract(model, examples, layers, batch_size=batch_size, use_cache=use_cache, progress=progress)
-    pools = {"last": [0], "mean": [1], "last+mean": [0, 1]}[head.config.pooling]
-    x = feats[:, [layers.index(i) for i in head.config.layers]][:, :, pools].reshape(len(examples), -1)
+    x = select(feats, tuple(layers.index(i) for i in head.config.layers), head.config.pooling)
     probs = head.probs(mx.array(x))
     return np.array(probs), head.decide(probs)

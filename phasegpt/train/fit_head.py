@@ -126,14 +126,14 @@ def macro_f1(y: np.ndarray, pred: np.ndarray) -> float:
     return float(np.mean(f1s))
 
 
-def _select(feats: np.ndarray, layer_idx: tuple[int, ...], pooling: str) -> np.ndarray:
+def select(feats: np.ndarray, layer_idx: tuple[int, ...], pooling: str) -> np.ndarray:
     """(N, L, 2, D) -> (N, F) in the head's feature order: per layer, [last][mean]."""
     return feats[:, list(layer_idx)][:, :, _POOL_INDEX[pooling]].reshape(len(feats), -1)
 
 
 def _score(train, ytr, dev, ydv, layer_idx, pooling, cfg) -> float:
-    xdv = _select(dev, layer_idx, pooling)
-    arrays = _fit_linear(_select(train, layer_idx, pooling), ytr, cfg, kind="linear", dev=(xdv, ydv))
+    xdv = select(dev, layer_idx, pooling)
+    arrays = _fit_linear(select(train, layer_idx, pooling), ytr, cfg, kind="linear", dev=(xdv, ydv))
     return macro_f1(ydv, _logits(arrays, xdv).argmax(axis=1))
 
 
@@ -208,7 +208,7 @@ def fit_head(train: np.ndarray, ytr: np.ndarray, dev: np.ndarray, ydv: np.ndarra
         log: called with progress lines.
     """
     layer_idx, pooling, table = sweep(train, ytr, dev, ydv, cfg, log)
-    xtr, xdv = _select(train, layer_idx, pooling), _select(dev, layer_idx, pooling)
+    xtr, xdv = select(train, layer_idx, pooling), select(dev, layer_idx, pooling)
     arrays = _fit_linear(xtr, ytr, cfg, dev=(xdv, ydv))
     dev_logits = _logits(arrays, xdv)
     temperature = calibrate(dev_logits, ydv)
