@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from phasegpt.train.data import BUNDLED, cap, check_labels, read_jsonl, split
-from phasegpt.train.fit_head import FitConfig, calibrate, fit_head, macro_f1
+from phasegpt.train.fit_head import FitConfig, _loss_grad, calibrate, fit_head, lbfgs, macro_f1
 from phasegpt.verdict import LABELS
 
 
@@ -88,6 +88,43 @@ def test_fit_head_finds_the_informative_layer_and_is_deterministic():
     assert head.config.metrics["dev_macro_f1"] > 0.9
     again = fit_head(xtr, ytr, xdv, ydv, layers=[4, 8, 12], cfg=FitConfig(max_layers=1), identity=identity)
     assert np.array_equal(np.array(head.params["w"]), np.array(again.params["w"]))
+
+
+def test_lbfgs_reaches_the_regularised_optimum():
+    # an ill-conditioned quadratic: the minimiser is known in closed form
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((30, 30))
+    h = a @ a.T + np.diag(np.logspace(-2, 2, 30))
+    target = rng.standard_normal(30)
+    x = lbfgs(lambda v: (0.5 * v @ h @ v - target @ v, h @ v - target), np.zeros(30), tol=1e-12, iters=2000)
+    np.testing.assert_allclose(x, np.linalg.solve(h, target), rtol=1e-4, atol=1e-6)
+    # the head's own loss: the gradient vanishes at what lbfgs returns
+    x, y = _synthetic(300)
+    z = x.reshape(300, -1)
+    onehot = np.eye(4)[y]
+    weight = np.ones(300)
+    p = lbfgs(lambda v: _loss_grad(v, z, onehot, weight, 0.01), np.zeros(z.shape[1] * 4 + 4), tol=1e-12, iters=2000)
+    assert np.linalg.norm(_loss_grad(p, z, onehot, weight, 0.01)[1]) < 1e-4
+
+
+def test_mlp_head_fits_a_nonlinear_rule():
+    # class = two XORs of signs: no linear head can separate it, one hidden layer can
+    def data(n, seed):
+        r = np.random.default_rng(seed)
+        x = r.standard_normal((n, 1, 2, 8)).astype(np.float32)
+        s = x[:, 0, 0, :4] > 0
+        y = (s[:, 0] ^ s[:, 1]).astype(int) * 2 + (s[:, 2] ^ s[:, 3]).astype(int)
+        return x, y
+
+    xtr, ytr = data(2000, 1)
+    xdv, ydv = data(500, 2)
+    identity = {"base_model": "synthetic", "base_fingerprint": "0" * 16, "hidden_size": 8}
+    fixed = {"layers": (0,), "pooling": "last"}
+    linear = fit_head(xtr, ytr, xdv, ydv, layers=[3], cfg=FitConfig(**fixed), identity=identity)
+    mlp = fit_head(xtr, ytr, xdv, ydv, layers=[3], cfg=FitConfig(kind="mlp", mlp_steps=600, **fixed),
+                   identity=identity)
+    assert linear.config.metrics["dev_macro_f1_argmax"] < 0.7
+    assert mlp.config.metrics["dev_macro_f1_argmax"] > 0.9
 
 
 def test_temperature_calibration_undoes_overconfidence():
