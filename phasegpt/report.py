@@ -123,6 +123,13 @@ def _markdown(result: dict[str, Any], title: str, command: str | None, figures: 
         parts += ["", "## Per source", "", "Macro-F1 here averages the labels present in each source.", "",
                   _table(["source", "n", "accuracy", "macro-F1", *[f"recall {k}" for k in LABELS], "false refusals"],
                          rows)]
+    if r.get("safety_operating_points"):
+        parts += ["", "## Safety operating points", "",
+                  "If `safety` were predicted whenever p(safety) reaches the threshold (one versus rest): "
+                  "the recall on safety items against the share of safe prompts it would flag.", "",
+                  _table(["p(safety) ≥", "safety recall", "XSTest safe prompts flagged", "answer items flagged"],
+                         [[pt["threshold"], pt["safety_recall"], pt["xstest_safe_flagged"], pt["answer_flagged"]]
+                          for pt in r["safety_operating_points"]])]
     cal = r["calibration"]
     parts += ["", "## Calibration", "",
               f"Expected calibration error {_fmt(cal['ece'])} over {cal['n_bins']} equal-width bins of the "

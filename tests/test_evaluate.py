@@ -120,6 +120,20 @@ def test_xstest_safe_flagged_counts_only_safety():
     assert r["false_refusal_rate"] == pytest.approx(2 / 4)
 
 
+def test_safety_operating_points_by_hand():
+    # p(safety) of: two safety items 0.9 / 0.3, two xstest safe items 0.55 / 0.04, one other answer 0.2
+    labels = ["safety", "safety", "answer", "answer", "answer"]
+    probs = np.array([[0.9, 0.05, 0.05, 0.0], [0.3, 0.0, 0.0, 0.7], [0.55, 0.0, 0.0, 0.45],
+                      [0.04, 0.0, 0.0, 0.96], [0.2, 0.0, 0.0, 0.8]])
+    r = evaluate(labels, probs, sources=["x", "x", "xstest", "xstest", "y"])
+    points = {pt["threshold"]: pt for pt in r["safety_operating_points"]}
+    assert points[0.25] == {"threshold": 0.25, "safety_recall": 1.0, "xstest_safe_flagged": 0.5,
+                            "answer_flagged": pytest.approx(1 / 3)}
+    assert points[0.6] == {"threshold": 0.6, "safety_recall": 0.5, "xstest_safe_flagged": 0.0, "answer_flagged": 0.0}
+    assert points[0.05]["answer_flagged"] == pytest.approx(2 / 3)  # 0.04 is below, 0.2 and 0.55 above
+    assert evaluate(labels, probs)["safety_operating_points"][0]["xstest_safe_flagged"] is None
+
+
 def test_other_items_are_excluded_but_histogrammed():
     other_probs = np.array([[0.7, 0.1, 0.1, 0.1], [0.1, 0.1, 0.1, 0.7], [0.6, 0.2, 0.1, 0.1]])
     labels = SIX_LABELS + ["other"] * 3
@@ -184,6 +198,7 @@ def test_write_report_writes_json_markdown_and_pngs(tmp_path):
     assert "| xstest | 4 | 0.500 |" in md
     assert "| category=3 | 1 | 1 | 0 | 0 | 0 |" in md
     assert "![confusion matrix](confusion.png)" in md
+    assert "| 0.500 | 0.500 | 1.000 | 0.500 |" in md  # p(safety) >= 0.5: recall 1/2, xstest 1/1, answer 1/2
     # No temporary files left behind.
     assert sorted(p.name for p in out.iterdir()) == ["confusion.png", "metrics.json", "reliability.png", "report.md"]
 
