@@ -1,7 +1,8 @@
 """Fit the refusal-reason head on extracted features: sweep, fit, calibrate, threshold.
 
-1. sweep  every candidate layer x pooling with a quick linear probe, scored by dev macro-F1;
-          then greedily add layers to the best one while dev macro-F1 improves;
+1. sweep  every candidate layer with a quick linear probe (last+mean pooling), scored by dev
+          macro-F1; greedily add layers to the best one while dev macro-F1 improves; then try
+          the other poolings on the chosen layers;
 2. fit    class-weighted multinomial logistic regression on train, solved with L-BFGS for each
           L2 strength of a small grid and picked by dev macro-F1 (or a small MLP, Adam,
           early-stopped on dev macro-F1);
@@ -64,7 +65,7 @@ def _loss_grad(params: np.ndarray, z: np.ndarray, onehot: np.ndarray, weight: np
     return loss, np.concatenate([(z.T @ g + l2 * w).ravel(), g.sum(axis=0)])
 
 
-def lbfgs(fun, x: np.ndarray, *, iters: int = 300, memory: int = 10, tol: float = 1e-6) -> np.ndarray:
+def lbfgs(fun, x: np.ndarray, *, iters: int = 300, memory: int = 10, tol: float = 1e-5) -> np.ndarray:
     """Minimise a smooth convex ``fun(x) -> (loss, grad)`` with L-BFGS and a backtracking line search.
 
     A few dozen full passes reach the regularised optimum that full-batch Adam only circles
@@ -72,7 +73,7 @@ def lbfgs(fun, x: np.ndarray, *, iters: int = 300, memory: int = 10, tol: float 
     """
     loss, g = fun(x)
     hist: list[tuple[np.ndarray, np.ndarray, float]] = []  # (s, y, 1 / y.s)
-    for _ in range(iters):
+    for it in range(iters):
         q, alphas = g.copy(), []
         for s, y, rho in reversed(hist):  # two-loop recursion: q <- H g
             a = rho * (s @ q)
@@ -93,7 +94,9 @@ def lbfgs(fun, x: np.ndarray, *, iters: int = 300, memory: int = 10, tol: float 
         s, y = x_new - x, g_new - g
         if s @ y > 1e-10:
             hist = (hist + [(s, y, 1.0 / float(s @ y))])[-memory:]
-        done = abs(loss - loss_new) <= tol * max(1.0, abs(loss_new))
+        # not before `memory` steps: from a warm start the first (short, gradient-direction) steps move
+        # the loss little although the weights of newly added features are still far from optimal
+        done = it >= memory and abs(loss - loss_new) <= tol * max(1.0, abs(loss_new))
         x, g, loss = x_new, g_new, loss_new
         if done:
             break
@@ -101,12 +104,14 @@ def lbfgs(fun, x: np.ndarray, *, iters: int = 300, memory: int = 10, tol: float 
 
 
 def _fit_linear(x: np.ndarray, y: np.ndarray, cfg: FitConfig, kind: str | None = None,
-                dev: tuple[np.ndarray, np.ndarray] | None = None, l2: float | None = None) -> dict[str, np.ndarray]:
+                dev: tuple[np.ndarray, np.ndarray] | None = None, l2: float | None = None,
+                tol: float = 1e-5, init: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Class-weighted softmax regression (L-BFGS) or MLP (minibatch Adam); returns head arrays.
 
     The linear head is solved to the L2-regularised optimum, so the result depends only on
     the data and ``l2``. The MLP, with ``dev`` (features, labels), is checked every
     ``EVAL_EVERY`` steps and the best weights by dev macro-F1 are kept (early stopping).
+    ``init`` (arrays of an earlier linear fit on the same features) warm-starts L-BFGS.
     """
     kind = kind or cfg.kind
     l2 = (cfg.l2 if kind == "linear" else cfg.mlp_l2) if l2 is None else l2
@@ -119,7 +124,8 @@ def _fit_linear(x: np.ndarray, y: np.ndarray, cfg: FitConfig, kind: str | None =
     weight = (n / (c * np.maximum(counts, 1)))[y].astype(np.float32)  # balanced: every class weighs the same
     onehot = np.eye(c, dtype=np.float32)[y]
     if kind == "linear":
-        flat = lbfgs(lambda p: _loss_grad(p, z, onehot, weight, l2), np.zeros(f * c + c, np.float32))
+        start = np.zeros(f * c + c, np.float32) if init is None else np.concatenate([init["w"].ravel(), init["b"]])
+        flat = lbfgs(lambda p: _loss_grad(p, z, onehot, weight, l2), start, tol=tol)
         return {"mean": mean, "std": std, "w": flat[:f * c].reshape(f, c).astype(np.float32),
                 "b": flat[f * c:].astype(np.float32)}
     params = {"w1": (rng.standard_normal((f, cfg.mlp_hidden)) * np.sqrt(2 / f)).astype(np.float32),
@@ -180,40 +186,64 @@ def select(feats: np.ndarray, layer_idx: tuple[int, ...], pooling: str) -> np.nd
     return feats[:, list(layer_idx)][:, :, _POOL_INDEX[pooling]].reshape(len(feats), -1)
 
 
-def _score(train, ytr, dev, ydv, layer_idx, pooling, cfg) -> float:
+def _score(train, ytr, dev, ydv, layer_idx, pooling, cfg, init=None) -> tuple[float, dict[str, np.ndarray]]:
     xdv = select(dev, layer_idx, pooling)
-    arrays = _fit_linear(select(train, layer_idx, pooling), ytr, cfg, kind="linear", dev=(xdv, ydv))
-    return macro_f1(ydv, _logits(arrays, xdv).argmax(axis=1))
+    # a probe only ranks candidates: a loose tolerance is enough and several times faster
+    arrays = _fit_linear(select(train, layer_idx, pooling), ytr, cfg, kind="linear", tol=1e-3, init=init)
+    return macro_f1(ydv, _logits(arrays, xdv).argmax(axis=1)), arrays
+
+
+def _widen(arrays: dict[str, np.ndarray], old: tuple[int, ...], new: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """Weights of a fit on layers ``old`` laid out for the superset ``new`` (zeros for added layers)."""
+    block = len(arrays["w"]) // len(old)
+    w = np.zeros((block * len(new), arrays["w"].shape[1]), np.float32)
+    for k, layer in enumerate(old):
+        j = new.index(layer)
+        w[j * block:(j + 1) * block] = arrays["w"][k * block:(k + 1) * block]
+    return {"w": w, "b": arrays["b"]}
 
 
 def sweep(train: np.ndarray, ytr: np.ndarray, dev: np.ndarray, ydv: np.ndarray, cfg: FitConfig,
           log=lambda s: None) -> tuple[tuple[int, ...], str, list[dict[str, Any]]]:
-    """Pick layers (indices into the candidate axis) and pooling by dev macro-F1."""
-    n_layers = train.shape[1]
-    poolings = (cfg.pooling,) if cfg.pooling else POOLINGS
+    """Pick layers (indices into the candidate axis) and pooling by dev macro-F1.
+
+    Layers are ranked with ``last+mean`` pooling (or ``cfg.pooling``), which beat either pooling
+    alone on every layer we have measured; the other poolings are then tried on the chosen layers.
+    """
+    table: list[dict[str, Any]] = []
+
+    fitted: dict[tuple[int, ...], dict[str, np.ndarray]] = {}
+
+    def probe(layer_idx: tuple[int, ...], pooling: str, start: tuple[int, ...] | None = None) -> float:
+        init = _widen(fitted[start], start, layer_idx) if start else None  # warm start from the smaller set
+        score, fitted[layer_idx] = _score(train, ytr, dev, ydv, layer_idx, pooling, cfg, init)
+        table.append({"layers": list(layer_idx), "pooling": pooling, "dev_macro_f1": score})
+        log(f"  layers {list(layer_idx)} {pooling:<9} dev macro-F1 {score:.3f}")
+        return score
+
+    pooling = cfg.pooling or "last+mean"
     if cfg.layers is not None:
-        if len(poolings) == 1:
-            return tuple(cfg.layers), poolings[0], []
-        singles = [(tuple(cfg.layers), p) for p in poolings]
+        layers, score = tuple(cfg.layers), (-1.0 if cfg.pooling is None else 0.0)
+        if cfg.pooling is None:
+            score = probe(layers, pooling)
     else:
-        singles = [((i,), p) for i in range(n_layers) for p in poolings]
-    table = []
-    for layer_idx, p in singles:
-        table.append({"layers": list(layer_idx), "pooling": p, "dev_macro_f1": _score(train, ytr, dev, ydv, layer_idx, p, cfg)})
-        log(f"  layers {list(layer_idx)} {p:<9} dev macro-F1 {table[-1]['dev_macro_f1']:.3f}")
-    best = max(table, key=lambda r: r["dev_macro_f1"])
-    layers, pooling, score = tuple(best["layers"]), best["pooling"], best["dev_macro_f1"]
-    while cfg.layers is None and len(layers) < cfg.max_layers:
-        trials = [(tuple(sorted(layers + (i,))), _score(train, ytr, dev, ydv, tuple(sorted(layers + (i,))), pooling, cfg))
-                  for i in range(n_layers) if i not in layers]
-        if not trials:
-            break
-        cand, s = max(trials, key=lambda t: t[1])
-        table.append({"layers": list(cand), "pooling": pooling, "dev_macro_f1": s})
-        log(f"  layers {list(cand)} {pooling:<9} dev macro-F1 {s:.3f}")
-        if s <= score + 1e-3:
-            break
-        layers, score = cand, s
+        scores = {(i,): probe((i,), pooling) for i in range(train.shape[1])}
+        layers, score = max(scores.items(), key=lambda kv: kv[1])
+        while len(layers) < cfg.max_layers:
+            trials = {tuple(sorted(layers + (i,))): 0.0 for i in range(train.shape[1]) if i not in layers}
+            if not trials:
+                break
+            for cand in trials:
+                trials[cand] = probe(cand, pooling, start=layers)
+            cand, s = max(trials.items(), key=lambda kv: kv[1])
+            if s <= score + 1e-3:
+                break
+            layers, score = cand, s
+    if cfg.pooling is None:
+        for other in (p for p in POOLINGS if p != pooling):
+            s = probe(layers, other)
+            if s > score:
+                pooling, score = other, s
     return layers, pooling, table
 
 
@@ -260,9 +290,9 @@ def fit_head(train: np.ndarray, ytr: np.ndarray, dev: np.ndarray, ydv: np.ndarra
     xtr, xdv = select(train, layer_idx, pooling), select(dev, layer_idx, pooling)
     l2 = cfg.l2 if cfg.kind == "linear" else cfg.mlp_l2
     if cfg.kind == "linear" and cfg.l2_grid:
-        fits = []
-        for strength in cfg.l2_grid:
-            fitted = _fit_linear(xtr, ytr, cfg, l2=strength)
+        fits, fitted = [], None
+        for strength in sorted(cfg.l2_grid, reverse=True):  # strong to weak, each warm-starting the next
+            fitted = _fit_linear(xtr, ytr, cfg, l2=strength, init=fitted)
             fits.append((macro_f1(ydv, _logits(fitted, xdv).argmax(axis=1)), -strength, fitted))
             log(f"  l2 {strength:g}: dev macro-F1 {fits[-1][0]:.3f}")
         _, neg_l2, arrays = max(fits, key=lambda t: t[:2])  # ties go to the stronger L2
