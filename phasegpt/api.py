@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
+import numpy as np
 
 from phasegpt.head import Head
 from phasegpt.loading import LoadedModel
@@ -135,6 +136,9 @@ class Model:
         return self.head.logits(self.head.per_position(hidden)) / self.head.config.temperature
 
     def _verdict(self, probs: mx.array, z: mx.array, ids: list[int]) -> Verdict:
+        # numpy from here on: in `stream` the arrays are already computed, and any new MLX op
+        # would queue behind mlx-lm's next decode step and delay the verdict by a whole step
+        probs, z = np.asarray(probs, dtype=np.float64), np.asarray(z, dtype=np.float64)
         head = self.head
         labels = head.config.labels
         label = head.decide(probs[None])[0]
@@ -146,10 +150,11 @@ class Model:
             adapter_sha256=self.loaded.adapter_sha256, thresholds=dict(head.config.thresholds),
         )
 
-    def _evidence(self, z: mx.array, ids: list[int], k: int) -> tuple[str, ...]:
+    def _evidence(self, z: np.ndarray, ids: list[int], k: int) -> tuple[str, ...]:
         """The user's words where the head, applied per position, leans hardest towards class k."""
         pre, post = self._span
-        score = (z[:, k] - mx.logsumexp(z, axis=-1)).tolist()  # log p_t(k)
+        top = z.max(axis=-1, keepdims=True)
+        score = (z[:, k] - (top[:, 0] + np.log(np.exp(z - top).sum(axis=-1)))).tolist()  # log p_t(k)
         words = _words(self.tokenizer, ids, pre, len(ids) - post)
         ranked = sorted(words, key=lambda w: -max(score[i] for i in w[1]))
         seen, out = set(), []

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
+import numpy as np
 
 from phasegpt.errors import MismatchError, ModelLoadError
 from phasegpt.verdict import LABELS
@@ -129,10 +130,14 @@ class Head:
         """Calibrated probabilities (B, C)."""
         return mx.softmax(self.logits(feats) / self.config.temperature, axis=-1)
 
-    def decide(self, probs: mx.array) -> list[str]:
-        """Labels after the per-class threshold offsets."""
-        t = mx.array([self.config.thresholds.get(k, 0.0) for k in self.config.labels])
-        return [self.config.labels[i] for i in mx.argmax(probs - t, axis=-1).tolist()]
+    def decide(self, probs: mx.array | np.ndarray) -> list[str]:
+        """Labels after the per-class threshold offsets, for probabilities (N, C).
+
+        In numpy on purpose: during ``stream`` an MLX op here would queue behind the decode
+        step mlx-lm has already scheduled, and the verdict would wait for it.
+        """
+        t = np.array([self.config.thresholds.get(k, 0.0) for k in self.config.labels])
+        return [self.config.labels[i] for i in np.argmax(np.asarray(probs) - t, axis=-1).tolist()]
 
     # --- identity and storage ---------------------------------------------------------
     @property
