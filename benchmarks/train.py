@@ -4,6 +4,8 @@
     python benchmarks/train.py --n 500               # quick look
     python benchmarks/train.py --data /work/shared/data/eval.jsonl --n 2000   # real prompts, read at run time
     python benchmarks/train.py --skip-extract        # head fitting only (~1-3 min)
+    python benchmarks/train.py --skip-extract --features $PHASEGPT_HOME/features/<cache>.npz \
+        --labels ../shared/data/eval.jsonl           # head fitting on real features a train-head run cached
 
 Extraction runs ``phasegpt.train.features.extract`` (the batched tapped prefill ``classify``
 uses, ``use_cache=False``) on the default candidate layers of ``train-head``, in slices, with an
@@ -12,7 +14,9 @@ machine as it was at that moment: GFLOP/s counts 2 x params of blocks 0..deepest
 padded positions. Fitting runs ``phasegpt.train.fit_head`` on random features of the real shape
 (N, candidates, 2, hidden) that carry a weak label signal in every layer, so the greedy layer
 sweep goes as deep as it would on real data; the sweep and the final fit (fit, calibrate,
-thresholds) are timed separately, alternating over ``--fit-rounds``.
+thresholds) are timed separately, alternating over ``--fit-rounds``. With ``--features`` and
+``--labels`` the fit runs on real features instead: rows of a ``train-head`` feature cache whose
+text appears, labelled, in the JSONL.
 """
 
 from __future__ import annotations
@@ -96,9 +100,23 @@ def synthetic_features(n: int, n_layers: int, d: int, seed: int) -> tuple[np.nda
     return x, y
 
 
-def bench_fit(n: int, n_layers: int, d: int, rounds: int, seed: int) -> list[str]:
-    """fit_head timings on n examples (80% train, 20% dev, as train-head splits)."""
-    x, y = synthetic_features(n, n_layers, d, seed)
+def cached_features(npz: Path, data: Path, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` real labelled feature rows from a ``train-head`` cache file, labels read from ``data`` at run time."""
+    from phasegpt.train.data import read_jsonl
+
+    with np.load(npz) as z:
+        index = {k: i for i, k in enumerate(z["keys"].tolist())}
+        feats = z["feats"]
+    rows = [(index[e.key], LABELS.index(e.label)) for e in read_jsonl(data) if e.key in index]
+    if len(rows) < n:
+        raise ValueError(f"{npz} holds features for {len(rows)} labelled rows of {data}, fewer than --fit-n {n}")
+    pick = np.random.default_rng(seed).choice(len(rows), n, replace=False)
+    return feats[[rows[i][0] for i in pick]].astype(np.float32), np.array([rows[i][1] for i in pick])
+
+
+def bench_fit(x: np.ndarray, y: np.ndarray, rounds: int) -> list[str]:
+    """fit_head timings on features x (N, L, 2, D), labels y (80% train, 20% dev, as train-head splits)."""
+    n, n_layers, _, d = x.shape
     cut = int(0.8 * n)
     xtr, ytr, xdv, ydv = x[:cut], y[:cut], x[cut:], y[cut:]
     identity = {"base_model": "benchmark", "hidden_size": d}
@@ -119,9 +137,7 @@ def bench_fit(n: int, n_layers: int, d: int, rounds: int, seed: int) -> list[str
                 finals.append(time.perf_counter() - t0)
         print(f"  fit round {r + 1}/{rounds}: sweep {sweeps[-1]:.1f}s, final fit {finals[-1]:.1f}s", flush=True)
     total = median(sweeps) + median(finals)
-    idx, pooling, rows = chosen
-    singles = n_layers * 3  # every layer x POOLINGS, then one row per greedy round of n_layers - k probes
-    probes = singles + sum(n_layers - k for k in range(1, rows - singles + 1))
+    idx, pooling, probes = chosen  # every probe adds one row to the sweep table
     return [
         [f"fit_head: layer/pooling sweep ({probes} linear probes, chose {len(idx)} layers, {pooling})",
          f"{median(sweeps):.1f} s", f"spread {spread(sweeps)} s", "-", "-"],
@@ -141,6 +157,9 @@ def main() -> None:
     p.add_argument("--slices", type=int, default=10, help="extraction slices, with an sgemm timing between each")
     p.add_argument("--fit-n", type=int, default=5000, help="examples for the fit_head timing")
     p.add_argument("--fit-rounds", type=int, default=3, help="alternating sweep/final-fit rounds")
+    p.add_argument("--features", type=Path, help="fit on real features: a train-head cache file "
+                   "($PHASEGPT_HOME/features/*.npz) ...")
+    p.add_argument("--labels", type=Path, help="... with labels from this JSONL (read at run time)")
     p.add_argument("--skip-extract", action="store_true")
     p.add_argument("--skip-fit", action="store_true")
     p.add_argument("--seed", type=int, default=0)
@@ -167,7 +186,15 @@ def main() -> None:
         note = (f"Extraction: {source}, {tokens / args.n:.1f} tokens per prompt on average "
                 f"({padded:,} positions computed for {tokens:,} real ones), median over {len(records)} slices. ")
     if not args.skip_fit:
-        rows += bench_fit(args.fit_n, len(layers), d, args.fit_rounds, args.seed)
+        if args.features:
+            if not args.labels:
+                p.error("--features needs --labels (the JSONL the features were extracted from)")
+            x, y = cached_features(args.features, args.labels, args.fit_n, args.seed)
+            note += f"Fit: {args.fit_n:,} real feature rows of {args.features.name} ({x.shape[1]} layers). "
+        else:
+            x, y = synthetic_features(args.fit_n, len(layers), d, args.seed)
+            note += f"Fit: {args.fit_n:,} synthetic feature rows ({len(layers)} layers). "
+        rows += bench_fit(x, y, args.fit_rounds)
 
     print()
     print(table(["measurement", "value", "detail", "target", "result"], rows))
