@@ -29,7 +29,7 @@ EVAL_EVERY = 25  # steps between dev checks when early stopping
 
 @dataclass(frozen=True)
 class FitConfig:
-    """Options of ``fit_head``; every default is what the shipped head used."""
+    """Options of ``fit_head``; the defaults are ``train-head``'s (the shipped head adds ``kind="mlp"``)."""
 
     layers: tuple[int, ...] | None = None   # fixed layers (indices into the extracted candidates' layers); None = sweep
     pooling: str | None = None              # fixed pooling; None = sweep POOLINGS
@@ -211,7 +211,6 @@ def sweep(train: np.ndarray, ytr: np.ndarray, dev: np.ndarray, ydv: np.ndarray, 
     alone on every layer we have measured; the other poolings are then tried on the chosen layers.
     """
     table: list[dict[str, Any]] = []
-
     fitted: dict[tuple[int, ...], dict[str, np.ndarray]] = {}
 
     def probe(layer_idx: tuple[int, ...], pooling: str, start: tuple[int, ...] | None = None) -> float:
@@ -223,9 +222,8 @@ def sweep(train: np.ndarray, ytr: np.ndarray, dev: np.ndarray, ydv: np.ndarray, 
 
     pooling = cfg.pooling or "last+mean"
     if cfg.layers is not None:
-        layers, score = tuple(cfg.layers), (-1.0 if cfg.pooling is None else 0.0)
-        if cfg.pooling is None:
-            score = probe(layers, pooling)
+        layers = tuple(cfg.layers)
+        score = probe(layers, pooling) if cfg.pooling is None else 0.0
     else:
         scores = {(i,): probe((i,), pooling) for i in range(train.shape[1])}
         layers, score = max(scores.items(), key=lambda kv: kv[1])
