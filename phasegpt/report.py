@@ -67,11 +67,21 @@ def write_report(result: dict[str, Any], out_dir: Path, *, title: str, command: 
     return paths
 
 
-def _atomic_write(path: Path, data: bytes) -> Path:
+def _atomic_write(path: Path, data: bytes | None = None, *, figure: Any = None) -> Path:
+    """Write bytes (or a matplotlib figure as PNG) to a temp file beside ``path``, then rename.
+
+    mkstemp makes files 0600; a report is for sharing, so it gets the mode the umask gives.
+    """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            if figure is not None:
+                figure.savefig(f, format="png", dpi=120, bbox_inches="tight")
+            else:
+                f.write(data)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -158,16 +168,7 @@ def _write_figures(result: dict[str, Any], out_dir: Path) -> dict[str, Path]:
 
     def save(fig: Figure, name: str) -> Path:
         FigureCanvasAgg(fig)
-        path = out_dir / name
-        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                fig.savefig(f, format="png", dpi=120, bbox_inches="tight")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return _atomic_write(out_dir / name, figure=fig)
 
     return {"confusion": save(_confusion_figure(Figure, result), "confusion.png"),
             "reliability": save(_reliability_figure(Figure, result), "reliability.png")}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import warnings
 
@@ -182,7 +183,11 @@ def test_write_report_writes_json_markdown_and_pngs(tmp_path):
     r = evaluate(SIX_LABELS + ["other"], np.vstack([SIX_PROBS, [[0.7, 0.1, 0.1, 0.1]]]),
                  sources=sources + ["umwp"], source_labels=["s"] * 6 + ["category=3"])
     out = tmp_path / "run"
-    paths = write_report(r, out, title="Six items", command="phasegpt eval --data six.jsonl")
+    old_umask = os.umask(0o022)
+    try:
+        paths = write_report(r, out, title="Six items", command="phasegpt eval --data six.jsonl")
+    finally:
+        os.umask(old_umask)
     assert set(paths) == {"metrics", "report", "confusion", "reliability"}
     for key in ("confusion", "reliability"):
         data = paths[key].read_bytes()
@@ -199,6 +204,7 @@ def test_write_report_writes_json_markdown_and_pngs(tmp_path):
     assert "| category=3 | 1 | 1 | 0 | 0 | 0 |" in md
     assert "![confusion matrix](confusion.png)" in md
     assert "| 0.500 | 0.500 | 1.000 | 0.500 |" in md  # p(safety) >= 0.5: recall 1/2, xstest 1/1, answer 1/2
+    assert all(p.stat().st_mode & 0o044 == 0o044 for p in out.iterdir())  # readable by others (umask 022)
     # No temporary files left behind.
     assert sorted(p.name for p in out.iterdir()) == ["confusion.png", "metrics.json", "reliability.png", "report.md"]
 
