@@ -30,7 +30,8 @@ def _examples(paths: tuple[Path, ...]):
 @click.option("--layers", help="Comma-separated layers to use (default: sweep candidates on dev).")
 @click.option("--candidates", help="Comma-separated candidate layers for the sweep.")
 @click.option("--pooling", type=click.Choice(["last", "mean", "last+mean"]), help="Fixed pooling (default: swept).")
-@click.option("--kind", default="linear", show_default=True, type=click.Choice(["linear", "mlp"]))
+@click.option("--kind", default="linear", show_default=True, type=click.Choice(["linear", "mlp"]),
+              help="linear: softmax regression solved with L-BFGS; mlp: one hidden layer of 256 (the shipped head).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--batch-size", default=16, show_default=True, help="Prompts per forward pass.")
 @click.option("--cap", type=int, help="At most N training/dev rows per (source, category, label, split), chosen by hash.")

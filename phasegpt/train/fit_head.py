@@ -103,31 +103,36 @@ def lbfgs(fun, x: np.ndarray, *, iters: int = 300, memory: int = 10, tol: float 
     return x
 
 
-def _fit_linear(x: np.ndarray, y: np.ndarray, cfg: FitConfig, kind: str | None = None,
-                dev: tuple[np.ndarray, np.ndarray] | None = None, l2: float | None = None,
-                tol: float = 1e-5, init: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-    """Class-weighted softmax regression (L-BFGS) or MLP (minibatch Adam); returns head arrays.
+def _balance(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One-hot labels and per-example weights that make every class weigh the same in the loss."""
+    c = len(LABELS)
+    counts = np.bincount(y, minlength=c).astype(np.float32)
+    return np.eye(c, dtype=np.float32)[y], (len(y) / (c * np.maximum(counts, 1)))[y].astype(np.float32)
 
-    The linear head is solved to the L2-regularised optimum, so the result depends only on
-    the data and ``l2``. The MLP, with ``dev`` (features, labels), is checked every
-    ``EVAL_EVERY`` steps and the best weights by dev macro-F1 are kept (early stopping).
-    ``init`` (arrays of an earlier linear fit on the same features) warm-starts L-BFGS.
+
+def _solve(z: np.ndarray, y: np.ndarray, l2: float, *, tol: float = 1e-5,
+           init: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Weights (F, C) and bias (C,) of the class-weighted softmax regression on standardised ``z``."""
+    f, c = z.shape[1], len(LABELS)
+    onehot, weight = _balance(y)
+    start = np.zeros(f * c + c, np.float32) if init is None else np.concatenate([init[0].ravel(), init[1]])
+    flat = lbfgs(lambda p: _loss_grad(p, z, onehot, weight, l2), start, tol=tol)
+    return flat[:f * c].reshape(f, c).astype(np.float32), flat[f * c:].astype(np.float32)
+
+
+def _fit_mlp(x: np.ndarray, y: np.ndarray, cfg: FitConfig, dev: tuple[np.ndarray, np.ndarray]) -> dict[str, np.ndarray]:
+    """One-hidden-layer MLP, class-weighted, minibatch Adam; returns head arrays.
+
+    The weights are checked on ``dev`` (features, labels) every ``EVAL_EVERY`` steps and the
+    best by dev macro-F1 are kept (early stopping).
     """
-    kind = kind or cfg.kind
-    l2 = (cfg.l2 if kind == "linear" else cfg.mlp_l2) if l2 is None else l2
+    l2 = cfg.mlp_l2
     rng = np.random.default_rng(cfg.seed)
     mean, std = _standardise(x)
     z = (x - mean) / std
     n, f = z.shape
     c = len(LABELS)
-    counts = np.bincount(y, minlength=c).astype(np.float32)
-    weight = (n / (c * np.maximum(counts, 1)))[y].astype(np.float32)  # balanced: every class weighs the same
-    onehot = np.eye(c, dtype=np.float32)[y]
-    if kind == "linear":
-        start = np.zeros(f * c + c, np.float32) if init is None else np.concatenate([init["w"].ravel(), init["b"]])
-        flat = lbfgs(lambda p: _loss_grad(p, z, onehot, weight, l2), start, tol=tol)
-        return {"mean": mean, "std": std, "w": flat[:f * c].reshape(f, c).astype(np.float32),
-                "b": flat[f * c:].astype(np.float32)}
+    onehot, weight = _balance(y)
     params = {"w1": (rng.standard_normal((f, cfg.mlp_hidden)) * np.sqrt(2 / f)).astype(np.float32),
               "b1": np.zeros(cfg.mlp_hidden, np.float32),
               "w": np.zeros((cfg.mlp_hidden, c), np.float32), "b": np.zeros(c, np.float32)}
@@ -150,7 +155,7 @@ def _fit_linear(x: np.ndarray, y: np.ndarray, cfg: FitConfig, kind: str | None =
             m[k] = 0.9 * m[k] + 0.1 * grads[k]
             v[k] = 0.999 * v[k] + 0.001 * grads[k] ** 2
             params[k] -= cfg.mlp_lr * (m[k] / (1 - 0.9**t)) / (np.sqrt(v[k] / (1 - 0.999**t)) + 1e-8)
-        if dev is not None and (t % EVAL_EVERY == 0 or t == cfg.mlp_steps):
+        if t % EVAL_EVERY == 0 or t == cfg.mlp_steps:
             f1 = macro_f1(dev[1], _logits({"mean": mean, "std": std, **params}, dev[0]).argmax(axis=1))
             if f1 > best_f1:
                 best, best_f1 = {k: v.copy() for k, v in params.items()}, f1
@@ -186,21 +191,14 @@ def select(feats: np.ndarray, layer_idx: tuple[int, ...], pooling: str) -> np.nd
     return feats[:, list(layer_idx)][:, :, _POOL_INDEX[pooling]].reshape(len(feats), -1)
 
 
-def _score(train, ytr, dev, ydv, layer_idx, pooling, cfg, init=None) -> tuple[float, dict[str, np.ndarray]]:
-    xdv = select(dev, layer_idx, pooling)
-    # a probe only ranks candidates: a loose tolerance is enough and several times faster
-    arrays = _fit_linear(select(train, layer_idx, pooling), ytr, cfg, kind="linear", tol=1e-3, init=init)
-    return macro_f1(ydv, _logits(arrays, xdv).argmax(axis=1)), arrays
-
-
-def _widen(arrays: dict[str, np.ndarray], old: tuple[int, ...], new: tuple[int, ...]) -> dict[str, np.ndarray]:
+def _widen(w: np.ndarray, old: tuple[int, ...], new: tuple[int, ...]) -> np.ndarray:
     """Weights of a fit on layers ``old`` laid out for the superset ``new`` (zeros for added layers)."""
-    block = len(arrays["w"]) // len(old)
-    w = np.zeros((block * len(new), arrays["w"].shape[1]), np.float32)
+    block = len(w) // len(old)
+    out = np.zeros((block * len(new), w.shape[1]), np.float32)
     for k, layer in enumerate(old):
         j = new.index(layer)
-        w[j * block:(j + 1) * block] = arrays["w"][k * block:(k + 1) * block]
-    return {"w": w, "b": arrays["b"]}
+        out[j * block:(j + 1) * block] = w[k * block:(k + 1) * block]
+    return out
 
 
 def sweep(train: np.ndarray, ytr: np.ndarray, dev: np.ndarray, ydv: np.ndarray, cfg: FitConfig,
@@ -210,12 +208,17 @@ def sweep(train: np.ndarray, ytr: np.ndarray, dev: np.ndarray, ydv: np.ndarray, 
     Layers are ranked with ``last+mean`` pooling (or ``cfg.pooling``), which beat either pooling
     alone on every layer we have measured; the other poolings are then tried on the chosen layers.
     """
+    # standardise once: per-feature statistics do not depend on which features a probe selects
+    mean, std = train.mean(axis=0), train.std(axis=0) + 1e-3
+    ztr, zdv = ((train - mean) / std).astype(np.float32), ((dev - mean) / std).astype(np.float32)
     table: list[dict[str, Any]] = []
-    fitted: dict[tuple[int, ...], dict[str, np.ndarray]] = {}
+    fitted: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray]] = {}
 
     def probe(layer_idx: tuple[int, ...], pooling: str, start: tuple[int, ...] | None = None) -> float:
-        init = _widen(fitted[start], start, layer_idx) if start else None  # warm start from the smaller set
-        score, fitted[layer_idx] = _score(train, ytr, dev, ydv, layer_idx, pooling, cfg, init)
+        init = (_widen(fitted[start][0], start, layer_idx), fitted[start][1]) if start else None  # warm start
+        # a probe only ranks candidates: a loose tolerance is enough and several times faster
+        w, b = fitted[layer_idx] = _solve(select(ztr, layer_idx, pooling), ytr, cfg.l2, tol=1e-3, init=init)
+        score = macro_f1(ydv, (select(zdv, layer_idx, pooling) @ w + b).argmax(axis=1))
         table.append({"layers": list(layer_idx), "pooling": pooling, "dev_macro_f1": score})
         log(f"  layers {list(layer_idx)} {pooling:<9} dev macro-F1 {score:.3f}")
         return score
@@ -287,16 +290,21 @@ def fit_head(train: np.ndarray, ytr: np.ndarray, dev: np.ndarray, ydv: np.ndarra
     layer_idx, pooling, table = sweep(train, ytr, dev, ydv, cfg, log)
     xtr, xdv = select(train, layer_idx, pooling), select(dev, layer_idx, pooling)
     l2 = cfg.l2 if cfg.kind == "linear" else cfg.mlp_l2
-    if cfg.kind == "linear" and cfg.l2_grid:
-        fits, fitted = [], None
-        for strength in sorted(cfg.l2_grid, reverse=True):  # strong to weak, each warm-starting the next
-            fitted = _fit_linear(xtr, ytr, cfg, l2=strength, init=fitted)
-            fits.append((macro_f1(ydv, _logits(fitted, xdv).argmax(axis=1)), -strength, fitted))
-            log(f"  l2 {strength:g}: dev macro-F1 {fits[-1][0]:.3f}")
-        _, neg_l2, arrays = max(fits, key=lambda t: t[:2])  # ties go to the stronger L2
-        l2 = -neg_l2
+    if cfg.kind == "linear":
+        mean, std = _standardise(xtr)
+        ztr, zdv = (xtr - mean) / std, (xdv - mean) / std
+        loose: dict[float, tuple[np.ndarray, np.ndarray]] = {}
+        if cfg.l2_grid:  # loose fits along the path (strong to weak, each warm-starting the next) pick l2
+            scores, wb = [], None
+            for strength in sorted(cfg.l2_grid, reverse=True):
+                wb = loose[strength] = _solve(ztr, ytr, strength, tol=1e-3, init=wb)
+                scores.append((macro_f1(ydv, (zdv @ wb[0] + wb[1]).argmax(axis=1)), strength))
+                log(f"  l2 {strength:g}: dev macro-F1 {scores[-1][0]:.3f}")
+            l2 = max(scores, key=lambda t: (t[0], t[1]))[1]  # ties go to the stronger L2
+        w, b = _solve(ztr, ytr, l2, init=loose.get(l2))  # then one tight fit of the chosen l2
+        arrays = {"mean": mean, "std": std, "w": w, "b": b}
     else:
-        arrays = _fit_linear(xtr, ytr, cfg, dev=(xdv, ydv))
+        arrays = _fit_mlp(xtr, ytr, cfg, dev=(xdv, ydv))
     dev_logits = _logits(arrays, xdv)
     temperature = calibrate(dev_logits, ydv)
     probs = _softmax(dev_logits, temperature)
