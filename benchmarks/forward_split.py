@@ -6,7 +6,8 @@
 On the packaged SmolLM2 (float32), blocks 0..--depth on a random (batch, tokens, hidden) input:
 
 1. the blocks' forward (what ``classify`` computes), with its GFLOP/s;
-2. the same matmuls alone (random weights of the blocks' shapes), with their GFLOP/s;
+2. the blocks' matmuls alone (their own weights, random inputs), with their GFLOP/s (attention's
+   score/value products, ~4% of the FLOPs, are not counted anywhere);
 3. SwiGLU's ``silu(gate) * up`` alone, the largest elementwise cost;
 4. the forward with the batch split in two halves on two MLX CPU streams (each stream is a thread).
 

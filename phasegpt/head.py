@@ -124,7 +124,7 @@ class Head:
         x = (feats - p["mean"]) / p["std"]
         if self.config.kind == "mlp":
             x = mx.maximum(x @ p["w1"] + p["b1"], 0)
-        return x @ p["w"] + p["b"]
+        return (x @ p["w"] + p["b"]).astype(mx.float32)  # float32 whatever the stored dtype: verdicts go through numpy
 
     def probs(self, feats: mx.array) -> mx.array:
         """Calibrated probabilities (B, C)."""

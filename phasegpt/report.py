@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -70,13 +70,12 @@ def write_report(result: dict[str, Any], out_dir: Path, *, title: str, command: 
 def _atomic_write(path: Path, data: bytes | None = None, *, figure: Any = None) -> Path:
     """Write bytes (or a matplotlib figure as PNG) to a temp file beside ``path``, then rename.
 
-    mkstemp makes files 0600; a report is for sharing, so it gets the mode the umask gives.
+    The temp file is created with mode 0666 so the kernel applies the umask: a report is for
+    sharing (mkstemp would make it 0600), and no process-wide umask is touched.
     """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as f:
             if figure is not None:
                 figure.savefig(f, format="png", dpi=120, bbox_inches="tight")
@@ -84,7 +83,7 @@ def _atomic_write(path: Path, data: bytes | None = None, *, figure: Any = None) 
                 f.write(data)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 

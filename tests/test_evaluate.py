@@ -204,9 +204,19 @@ def test_write_report_writes_json_markdown_and_pngs(tmp_path):
     assert "| category=3 | 1 | 1 | 0 | 0 | 0 |" in md
     assert "![confusion matrix](confusion.png)" in md
     assert "| 0.500 | 0.500 | 1.000 | 0.500 |" in md  # p(safety) >= 0.5: recall 1/2, xstest 1/1, answer 1/2
-    assert all(p.stat().st_mode & 0o044 == 0o044 for p in out.iterdir())  # readable by others (umask 022)
+    assert {p.stat().st_mode & 0o777 for p in out.iterdir()} == {0o644}  # what umask 022 gives, not mkstemp's 0600
     # No temporary files left behind.
     assert sorted(p.name for p in out.iterdir()) == ["confusion.png", "metrics.json", "reliability.png", "report.md"]
+
+
+def test_write_report_files_follow_the_umask(tmp_path):
+    r = evaluate(SIX_LABELS, SIX_PROBS)
+    old_umask = os.umask(0o077)
+    try:
+        paths = write_report(r, tmp_path / "private", title="t")
+    finally:
+        os.umask(old_umask)
+    assert {p.stat().st_mode & 0o777 for p in paths.values()} == {0o600}
 
 
 def test_write_report_without_matplotlib_warns_and_writes_text(tmp_path, monkeypatch):
