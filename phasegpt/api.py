@@ -159,7 +159,7 @@ class Model:
         ranked = sorted(words, key=lambda w: -max(score[i] for i in w[1]))
         seen, out = set(), []
         for text, _ in ranked:
-            if text.lower() not in seen and text.lower() not in STOPWORDS:
+            if len(text) > 1 and text.lower() not in seen and text.lower() not in STOPWORDS:  # not "s" of "'s"
                 seen.add(text.lower())
                 out.append(text)
             if len(out) == EVIDENCE_WORDS:
