@@ -444,6 +444,15 @@ def test_deleted_first_record_is_named(log):
     assert (log.verify().problem, log.verify().record_id) == ("deleted", ids[0])
 
 
+def _other_id(like: str, last: str) -> str:
+    """``like`` with its last character set to ``last``, or to "1" if it already ends so.
+
+    Ids end in a random base-32 character: a fixed one alone would equal the original 1 time
+    in 32 and the insert would fail on the UNIQUE id instead of testing verify().
+    """
+    return like[:-1] + (last if like[-1] != last else "1")
+
+
 def _forge_after(db: sqlite3.Connection, template_id: str, new_id: str, prev: sqlite3.Row | None) -> dict:
     """A well-formed record copied from another, linked after ``prev`` and correctly hashed."""
     fields = row_to_fields(db.execute("SELECT * FROM records WHERE id = ?", (template_id,)).fetchone())
@@ -467,9 +476,10 @@ def test_record_appended_without_the_head_is_inserted(log):
     ids = fill(log, 4)
     db = raw(log)
     last = db.execute("SELECT * FROM records ORDER BY seq DESC LIMIT 1").fetchone()
-    _insert(db, _forge_after(db, ids[0], ids[-1][:-1] + "Z", last))
+    new_id = _other_id(ids[-1], "Z")
+    _insert(db, _forge_after(db, ids[0], new_id, last))
     result = log.verify()
-    assert (result.problem, result.record_id) == ("inserted", ids[-1][:-1] + "Z")
+    assert (result.problem, result.record_id) == ("inserted", new_id)
 
 
 def test_record_slipped_into_the_middle_is_inserted(log):
@@ -479,7 +489,7 @@ def test_record_slipped_into_the_middle_is_inserted(log):
     db.execute("UPDATE records SET seq = -seq * 10")  # leave room between positions
     at = db.execute("SELECT * FROM records WHERE id = ?", (ids[1],)).fetchone()
     # Claims the same predecessor as ids[2] (as a copy would) and sits just before it.
-    forged = _forge_after(db, ids[2], ids[2][:-1] + "0", at)
+    forged = _forge_after(db, ids[2], _other_id(ids[2], "0"), at)
     _insert(db, forged, seq=at["seq"] + 5)
     result = log.verify()
     assert (result.problem, result.record_id) == ("inserted", forged["id"])
