@@ -132,7 +132,7 @@ def _markdown(result: dict[str, Any], title: str, command: str | None, figures: 
         parts += ["", "## Per source", "", "Macro-F1 here averages the labels present in each source.", "",
                   _table(["source", "n", "accuracy", "macro-F1", *[f"recall {k}" for k in LABELS], "false refusals"],
                          rows)]
-    if r.get("safety_operating_points"):
+    if any(pt["safety_recall"] is not None for pt in r.get("safety_operating_points", [])):  # needs safety items
         parts += ["", "## Safety operating points", "",
                   "If `safety` were predicted whenever p(safety) reaches the threshold (one versus rest): "
                   "the recall on safety items against the share of safe prompts it would flag.", "",

@@ -121,7 +121,7 @@ def test_xstest_safe_flagged_counts_only_safety():
     assert r["false_refusal_rate"] == pytest.approx(2 / 4)
 
 
-def test_safety_operating_points_by_hand():
+def test_safety_operating_points_by_hand(tmp_path):
     # p(safety) of: two safety items 0.9 / 0.3, two xstest safe items 0.55 / 0.04, one other answer 0.2
     labels = ["safety", "safety", "answer", "answer", "answer"]
     probs = np.array([[0.9, 0.05, 0.05, 0.0], [0.3, 0.0, 0.0, 0.7], [0.55, 0.0, 0.0, 0.45],
@@ -133,6 +133,9 @@ def test_safety_operating_points_by_hand():
     assert points[0.6] == {"threshold": 0.6, "safety_recall": 0.5, "xstest_safe_flagged": 0.0, "answer_flagged": 0.0}
     assert points[0.05]["answer_flagged"] == pytest.approx(2 / 3)  # 0.04 is below, 0.2 and 0.55 above
     assert evaluate(labels, probs)["safety_operating_points"][0]["xstest_safe_flagged"] is None
+    no_safety = evaluate(["answer", "epistemic"], probs[:2])
+    assert all(pt["safety_recall"] is None for pt in no_safety["safety_operating_points"])
+    assert "Safety operating points" not in write_report(no_safety, tmp_path / "r", title="t")["report"].read_text()
 
 
 def test_other_items_are_excluded_but_histogrammed():
