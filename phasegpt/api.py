@@ -129,6 +129,7 @@ class Model:
         z = [self._position_logits({k: h[b:b + 1, :len(ids)] for k, h in hidden.items()})
              for b, ids in enumerate(batch)]
         mx.eval(probs, z)
+        probs = np.asarray(probs)  # once, not one MLX slice per prompt
         return [self._verdict(probs[b], z[b], ids) for b, ids in enumerate(batch)]
 
     def _position_logits(self, hidden: dict[int, mx.array]) -> mx.array:

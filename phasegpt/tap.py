@@ -62,16 +62,13 @@ class Taps:
     def __init__(self, on_done: Callable[[Taps], None] | None):
         self._taps: dict[int, _Tap] = {}
         self._on_done = on_done
-        self._pending = 0
 
     def _add(self, index: int, layer: nn.Module, budget: int) -> _Tap:
         self._taps[index] = _Tap(layer, budget, self._tap_done)
-        self._pending += 1
         return self._taps[index]
 
-    def _tap_done(self) -> None:
-        self._pending -= 1
-        if self._pending == 0 and self._on_done is not None:
+    def _tap_done(self) -> None:  # each tap calls this once, when its budget runs out
+        if self._on_done is not None and self.done():
             self._on_done(self)
 
     def done(self) -> bool:

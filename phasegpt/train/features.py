@@ -61,8 +61,7 @@ def extract(model, examples: Sequence[Example], layers: Sequence[int], *, batch_
                 cached = dict(zip(z["keys"].tolist(), z["feats"]))
         except (OSError, ValueError, KeyError):
             cached = {}  # a damaged cache is only a cache: recompute
-    todo = sorted({k: e for k, e in zip(keys, examples) if k not in cached}.items(),
-                  key=lambda kv: len(kv[1].prompt) + len(json.dumps(kv[1].context)))
+    todo = list({k: e for k, e in zip(keys, examples) if k not in cached}.items())  # batches() orders by length
     if todo:
         encoded = [(k, model.encode(e.prompt, e.context)) for k, e in todo]
         save = (lambda: _save(path, cached)) if use_cache else (lambda: None)

@@ -207,7 +207,7 @@ def sweep(train: np.ndarray, ytr: np.ndarray, dev: np.ndarray, ydv: np.ndarray, 
     if cfg.layers is not None and cfg.pooling is not None:
         return tuple(cfg.layers), cfg.pooling, []
     # standardise once: per-feature statistics do not depend on which features a probe selects
-    mean, std = train.mean(axis=0), train.std(axis=0) + 1e-3
+    mean, std = _standardise(train)
     ztr, zdv = train - mean, dev - mean
     ztr /= std
     zdv /= std
