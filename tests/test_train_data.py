@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from phasegpt.train.data import BUNDLED, cap, check_labels, read_jsonl, split
-from phasegpt.train.fit_head import FitConfig, _loss_grad, calibrate, fit_head, lbfgs, macro_f1
+from phasegpt.train import fit_head as fit_head_module
+from phasegpt.train.fit_head import FitConfig, _loss_grad, calibrate, fit_head, lbfgs, macro_f1, sweep
 from phasegpt.verdict import LABELS
 
 
@@ -90,6 +91,15 @@ def test_fit_head_finds_the_informative_layer_and_is_deterministic():
     assert np.array_equal(np.array(head.params["w"]), np.array(again.params["w"]))
 
 
+def test_sweep_probes_on_a_row_subset_still_find_the_informative_layer():
+    xtr, ytr = _synthetic(400)
+    xdv, ydv = _synthetic(200, seed=1)
+    layer_idx, pooling, table = sweep(xtr, ytr, xdv, ydv, FitConfig(max_layers=1, probe_rows=120))
+    assert layer_idx == (1,) and "last" in pooling
+    assert table == sweep(xtr, ytr, xdv, ydv, FitConfig(max_layers=1, probe_rows=120))[2]  # same subset every run
+    assert table != sweep(xtr, ytr, xdv, ydv, FitConfig(max_layers=1, probe_rows=None))[2]  # and it is a subset
+
+
 def test_lbfgs_reaches_the_regularised_optimum():
     # an ill-conditioned quadratic: the minimiser is known in closed form
     rng = np.random.default_rng(0)
@@ -107,7 +117,9 @@ def test_lbfgs_reaches_the_regularised_optimum():
     assert np.linalg.norm(_loss_grad(p, z, onehot, weight, 0.01)[1]) < 1e-4
 
 
-def test_loss_gradient_matches_finite_differences_with_class_weights():
+@pytest.mark.parametrize("chunk", [7, 512])  # rows split over several chunks, and one chunk
+def test_loss_gradient_matches_finite_differences_with_class_weights(monkeypatch, chunk):
+    monkeypatch.setattr(fit_head_module, "CHUNK_ROWS", chunk)
     rng = np.random.default_rng(3)
     z = rng.standard_normal((50, 6))
     y = rng.integers(0, 4, 50)
