@@ -10,6 +10,7 @@ attention means padding after a prompt cannot change its states).
 from __future__ import annotations
 
 import itertools
+import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
@@ -19,12 +20,15 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
+from phasegpt import blas
 from phasegpt.head import Head
 from phasegpt.loading import LoadedModel
 from phasegpt.prompting import RAG_TEMPLATE, Context, content_span, prompt_tokens
 from phasegpt.tap import tapped
 from phasegpt.verdict import Chunk, Result, Verdict, parse_tag
 
+STREAMS_ENV = "PHASEGPT_CPU_STREAMS"  # how many CPU streams a batched prefill is split over (1 = off)
+MAX_STREAMS = 8
 MAX_BATCH_TOKENS = 16_384  # padded positions per forward pass: bounds attention memory on long RAG prompts
 NO_HEAD = ("no head is loaded, so there is no verdict; pass head=<folder> to phasegpt.load "
            "or train one with `phasegpt train-head`")
@@ -52,6 +56,7 @@ class Model:
                             adapter_sha256=loaded.adapter_sha256)
         self._span = content_span(loaded.tokenizer)
         self._max_tokens = int(loaded.config.get("max_position_embeddings") or 0)
+        self._streams: list[Any] | None = None  # CPU streams for prefill(), made on first use
 
     @property
     def name(self) -> str:
@@ -107,6 +112,41 @@ class Model:
                 self._record(verdicts[i], prompts[i], contexts[i], None, per_item, metadata)
         return verdicts  # type: ignore[return-value]
 
+    def prefill(self, batch: list[list[int]], build: Any) -> list[Any]:
+        """``build(part)`` (lazy MLX work on a list of token lists) for parts of ``batch``, evaluated.
+
+        On the CPU, MLX runs each stream's work on its own thread but its elementwise kernels
+        (SwiGLU's ``silu`` is a third of a small model's forward) on one thread, while the BLAS
+        threads only the matmuls. So the batch is split over one stream per core, and the BLAS is
+        held to one thread meanwhile (``blas.one_thread``): every core does all of the work for
+        its part (1.35-1.5x faster on 2 cores, BENCHMARKS.md). Each prompt's numbers are those of
+        a batch of its part, equal to a whole-batch run to float rounding. Elsewhere (a GPU, one
+        core, ``PHASEGPT_CPU_STREAMS=1``) the batch runs whole.
+
+        Returns:
+            ``build``'s results, one per part, in batch order, evaluated.
+        """
+        streams = self._cpu_streams()
+        n = min(len(streams), len(batch))
+        if n < 2:
+            out = [build(batch)]
+            mx.eval(out)
+            return out
+        size = -(-len(batch) // n)
+        out = []
+        for start, stream in zip(range(0, len(batch), size), streams):
+            with mx.stream(stream):
+                out.append(build(batch[start:start + size]))
+        with blas.one_thread():
+            mx.eval(out)
+        return out
+
+    def _cpu_streams(self) -> list[Any]:
+        if self._streams is None:
+            n = cpu_streams()
+            self._streams = [mx.new_stream(mx.cpu) for _ in range(n)] if n > 1 else []
+        return self._streams
+
     def hidden_states(self, batch: list[list[int]], layers: Sequence[int]) -> tuple[dict[int, mx.array], mx.array]:
         """Tapped states {layer: (B, T, D)} and lengths (B,) for one batch of token lists (lazy)."""
         lengths = mx.array([len(t) for t in batch])
@@ -124,12 +164,18 @@ class Model:
         return self._span
 
     def _classify_batch(self, batch: list[list[int]]) -> list[Verdict]:
-        hidden, lengths = self.hidden_states(batch, self.head.config.layers)
-        probs = self.head.probs(self.head.pool(hidden, lengths, self._span))
+        def build(part: list[list[int]]) -> tuple[mx.array, dict[int, mx.array]]:
+            hidden, lengths = self.hidden_states(part, self.head.config.layers)
+            return self.head.probs(self.head.pool(hidden, lengths, self._span)), hidden
+
+        parts = self.prefill(batch, build)
+        probs = np.concatenate([np.asarray(p) for p, _ in parts])  # once, not one MLX slice per prompt
+        # the evidence (head per position) after the split forward, on one stream: per-prompt slices
+        # and concatenations measured ~2x slower spread over streams than the little work they are
+        rows = [(hidden, b) for _, hidden in parts for b in range(next(iter(hidden.values())).shape[0])]
         z = [self._position_logits({k: h[b:b + 1, :len(ids)] for k, h in hidden.items()})
-             for b, ids in enumerate(batch)]
-        mx.eval(probs, z)
-        probs = np.asarray(probs)  # once, not one MLX slice per prompt
+             for (hidden, b), ids in zip(rows, batch)]
+        mx.eval(z)
         return [self._verdict(probs[b], z[b], ids) for b, ids in enumerate(batch)]
 
     def _position_logits(self, hidden: dict[int, mx.array]) -> mx.array:
@@ -265,6 +311,21 @@ class Model:
         docs = None if context is None else ([context] if isinstance(context, (str, dict)) else list(context))
         self.audit.record(verdict, prompt=prompt, contexts=docs, response=response,
                           source=self.source, duration=duration, metadata=meta)
+
+
+def cpu_streams() -> int:
+    """How many CPU streams ``Model.prefill`` splits a batch over: one per core (at most
+    ``MAX_STREAMS``) when MLX computes on the CPU and the BLAS can be held to one thread, else 1.
+    ``PHASEGPT_CPU_STREAMS`` overrides it (1 turns the split off)."""
+    setting = os.environ.get(STREAMS_ENV, "").strip()
+    if setting:
+        if not setting.isdigit() or int(setting) < 1:
+            raise ValueError(f"{STREAMS_ENV}={setting!r}: expected a whole number of streams, 1 or more (1 turns the split off)")
+        return int(setting)
+    if mx.default_device() != mx.cpu or not blas.single_threaded_ok():
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, MAX_STREAMS))
 
 
 def batches(lengths: Sequence[int], batch_size: int, max_tokens: int = MAX_BATCH_TOKENS) -> Iterator[list[int]]:

@@ -32,8 +32,10 @@ import platform
 import site
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cache
 
 ENV_VAR = "PHASEGPT_BLAS"
 
@@ -114,6 +116,60 @@ def provider() -> str | None:
     except AttributeError:
         return None
     return _library_of(fn) or "(unknown library)"
+
+
+# (getter, setter) of the thread count, by library family; all of them set it process-wide.
+_THREAD_CONTROLS = (("openblas_get_num_threads", "openblas_set_num_threads"),
+                    ("MKL_Get_Max_Threads", "MKL_Set_Num_Threads"))
+
+
+@cache
+def thread_control() -> tuple[Callable[[], int], Callable[[int], None]] | None:
+    """Getter and setter of the thread count of the BLAS MLX's matmul calls, or None if unknown.
+
+    Found in the library that provides ``cblas_sgemm`` (OpenBLAS or MKL). MLX's own reference
+    BLAS has no threads, and Accelerate exposes no such setter: both give None.
+    """
+    path = provider()
+    if path is None:
+        return None
+    try:
+        lib = ctypes.CDLL(path) if os.sep in path else ctypes.CDLL(None)
+    except OSError:
+        return None
+    for get_name, set_name in _THREAD_CONTROLS:
+        get, set_ = getattr(lib, get_name, None), getattr(lib, set_name, None)
+        if get is not None and set_ is not None:
+            get.argtypes, get.restype = [], ctypes.c_int
+            set_.argtypes, set_.restype = [ctypes.c_int], None
+            return get, set_
+    return None
+
+
+def single_threaded_ok() -> bool:
+    """True if :func:`one_thread` can really put MLX's matmuls on one thread."""
+    return thread_control() is not None or active().name == "stock"
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run the block with MLX's BLAS on one thread, then restore the previous count.
+
+    For work that is already parallel (a batch split over several MLX CPU streams, each its own
+    thread): a multi-threaded BLAS would put two threads per core. The setting is process-wide
+    while the block runs; BLAS calls from other threads in that time also run single-threaded.
+    """
+    control = thread_control()
+    if control is None:
+        yield
+        return
+    get, set_ = control
+    before = get()
+    set_(1)
+    try:
+        yield
+    finally:
+        set_(before)
 
 
 def cpuinfo(*fields: str) -> str:

@@ -8,6 +8,7 @@ import shutil
 import pytest
 
 import phasegpt
+from phasegpt.api import STREAMS_ENV, cpu_streams
 from phasegpt.errors import MismatchError, ModelLoadError
 from phasegpt.head import Head
 from phasegpt.verdict import LABELS, Verdict, parse_tag
@@ -25,6 +26,28 @@ def test_classify_batched_equals_one_at_a_time(tiny_model):
         assert a.label == b.label
         assert max(abs(a.probs[k] - b.probs[k]) for k in LABELS) < 1e-4
         assert a.evidence == b.evidence
+
+
+@pytest.mark.parametrize("streams", ["1", "2", "3"])
+def test_classify_split_over_cpu_streams_equals_one_at_a_time(tiny_dir, tmp_path, monkeypatch, streams):
+    # 1: the whole batch on the default stream; 2 and 3: parts on streams (3 splits 4 prompts 2 + 2)
+    monkeypatch.setenv(STREAMS_ENV, streams)
+    base = phasegpt.load(tiny_dir)
+    model = phasegpt.load(tiny_dir, head=random_head(base, tmp_path / "head"))
+    batched = model.classify(PROMPTS, batch_size=4)
+    assert len(model._cpu_streams()) == (0 if streams == "1" else int(streams))
+    monkeypatch.setenv(STREAMS_ENV, "1")
+    single = phasegpt.load(tiny_dir, head=tmp_path / "head")
+    for a, p in zip(batched, PROMPTS):
+        b = single.classify([p])[0]
+        assert a.label == b.label and a.evidence == b.evidence
+        assert max(abs(a.probs[k] - b.probs[k]) for k in LABELS) < 1e-4
+
+
+def test_bad_cpu_streams_setting(tiny_model, monkeypatch):
+    monkeypatch.setenv(STREAMS_ENV, "two")
+    with pytest.raises(ValueError, match="PHASEGPT_CPU_STREAMS='two'"):
+        cpu_streams()
 
 
 def test_verdict_fields(tiny_model):

@@ -204,3 +204,21 @@ def test_doctor_report_matches_the_active_blas():
     assert "GFLOP/s" in text and blas.active().name in text
     with pytest.raises(ValueError, match="n > 0"):
         doctor.measure_sgemm(n=0)
+
+
+@linux_only
+def test_one_thread_holds_the_blas_to_one_thread_and_restores_it():
+    from phasegpt import blas
+
+    control = blas.thread_control()
+    if control is None:  # MLX's own BLAS (no threads) or a library without a setter
+        assert blas.single_threaded_ok() == (blas.active().name == "stock")
+        pytest.skip(f"no thread control for {blas.active().name}")
+    get, set_ = control
+    before = get()
+    with blas.one_thread():
+        assert get() == 1
+    assert get() == before
+    with pytest.raises(RuntimeError), blas.one_thread():
+        raise RuntimeError("restored on error too")
+    assert get() == before
