@@ -31,6 +31,7 @@ import os
 import platform
 import site
 import sys
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -123,6 +124,11 @@ _THREAD_CONTROLS = (("openblas_get_num_threads", "openblas_set_num_threads"),
                     ("MKL_Get_Max_Threads", "MKL_Set_Num_Threads"))
 
 
+_single_lock = threading.Lock()
+_single_users = 0  # blocks inside one_thread() right now
+_threads_before = 0  # the count to restore when the last of them leaves
+
+
 @cache
 def thread_control() -> tuple[Callable[[], int], Callable[[int], None]] | None:
     """Getter and setter of the thread count of the BLAS MLX's matmul calls, or None if unknown.
@@ -158,18 +164,27 @@ def one_thread() -> Iterator[None]:
     For work that is already parallel (a batch split over several MLX CPU streams, each its own
     thread): a multi-threaded BLAS would put two threads per core. The setting is process-wide
     while the block runs; BLAS calls from other threads in that time also run single-threaded.
+    Nested or concurrent blocks (two threads classifying at once) share it: the first to enter
+    saves the count and the last to leave restores it.
     """
+    global _single_users, _threads_before
     control = thread_control()
     if control is None:
         yield
         return
     get, set_ = control
-    before = get()
-    set_(1)
+    with _single_lock:  # nested or concurrent blocks: the first in saves the count, the last out restores it
+        if _single_users == 0:
+            _threads_before = get()
+            set_(1)
+        _single_users += 1
     try:
         yield
     finally:
-        set_(before)
+        with _single_lock:
+            _single_users -= 1
+            if _single_users == 0:
+                set_(_threads_before)
 
 
 def cpuinfo(*fields: str) -> str:

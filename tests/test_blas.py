@@ -222,3 +222,8 @@ def test_one_thread_holds_the_blas_to_one_thread_and_restores_it():
     with pytest.raises(RuntimeError), blas.one_thread():
         raise RuntimeError("restored on error too")
     assert get() == before
+    with blas.one_thread():  # nested (or overlapping, from two threads): restored when the last one leaves
+        with blas.one_thread():
+            assert get() == 1
+        assert get() == 1
+    assert get() == before
