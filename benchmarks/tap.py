@@ -97,15 +97,16 @@ def classify_run(model: phasegpt.Model, prompts: list[tuple[str, str | None]], b
 
 
 def forward_run(model: phasegpt.Model, encoded: list[list[int]], batch_size: int) -> float:
-    """Seconds for the batched tapped forward alone (what classify computes before building verdicts)."""
+    """Seconds for the batched tapped forward alone (what classify computes before building verdicts),
+    through ``Model.prefill`` as classify runs it (split over CPU streams where that applies)."""
     import mlx.core as mx
 
     head = model.head
     batches = sorted(encoded, key=len)
     t0 = time.perf_counter()
     for i in range(0, len(batches), batch_size):
-        hidden, lengths = model.hidden_states(batches[i:i + batch_size], head.config.layers)
-        mx.eval(head.probs(head.pool(hidden, lengths, model.span)), hidden)
+        parts = model.prefill(batches[i:i + batch_size], head.config.layers)
+        mx.eval([head.probs(head.pool(hidden, lengths, model.span)) for _, hidden, lengths in parts])
     return time.perf_counter() - t0
 
 

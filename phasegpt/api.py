@@ -112,34 +112,36 @@ class Model:
                 self._record(verdicts[i], prompts[i], contexts[i], None, per_item, metadata)
         return verdicts  # type: ignore[return-value]
 
-    def prefill(self, batch: list[list[int]], build: Any) -> list[Any]:
-        """``build(part)`` (lazy MLX work on a list of token lists) for parts of ``batch``, evaluated.
+    def prefill(self, batch: list[list[int]], layers: Sequence[int]) -> list[tuple[list[list[int]], dict[int, mx.array], mx.array]]:
+        """Tapped states of ``layers`` for a batch of token lists, computed: ``(part, hidden, lengths)``
+        per part of the batch, in order (``hidden_states`` of each part).
 
         On the CPU, MLX runs each stream's work on its own thread but its elementwise kernels
         (SwiGLU's ``silu`` is a third of a small model's forward) on one thread, while the BLAS
         threads only the matmuls. So the batch is split over one stream per core, and the BLAS is
-        held to one thread meanwhile (``blas.one_thread``): every core does all of the work for
-        its part (1.35-1.5x faster on 2 cores, BENCHMARKS.md). Each prompt's numbers are those of
-        a batch of its part, equal to a whole-batch run to float rounding. Elsewhere (a GPU, one
-        core, ``PHASEGPT_CPU_STREAMS=1``) the batch runs whole.
-
-        Returns:
-            ``build``'s results, one per part, in batch order, evaluated.
+        held to one thread meanwhile (``blas.one_thread``): every core does all of the work for its
+        part (1.3-1.5x faster on 2 cores, BENCHMARKS.md). Each prompt's numbers are those of a batch
+        of its part, equal to a whole-batch run to float rounding. Elsewhere (a GPU, one core,
+        ``PHASEGPT_CPU_STREAMS=1``) the batch runs whole.
         """
         streams = self._cpu_streams()
         n = min(len(streams), len(batch))
         if n < 2:
-            out = [build(batch)]
-            mx.eval(out)
-            return out
+            hidden, lengths = self.hidden_states(batch, layers)
+            mx.eval(hidden)
+            return [(batch, hidden, lengths)]
         size = -(-len(batch) // n)
-        out = []
+        parts = []
         for start, stream in zip(range(0, len(batch), size), streams):
+            part = batch[start:start + size]
             with mx.stream(stream):
-                out.append(build(batch[start:start + size]))
+                parts.append((part, *self.hidden_states(part, layers)))
+        # MLX runs the graph in the order of the arrays asked for, with few ops in flight: asking for
+        # all of one part's layers before the next part's left the other core idle (measured slower
+        # than one stream), so ask layer by layer, alternating parts
         with blas.one_thread():
-            mx.eval(out)
-        return out
+            mx.eval([hidden[i] for i in sorted(parts[0][1]) for _, hidden, _ in parts])
+        return parts
 
     def _cpu_streams(self) -> list[Any]:
         if self._streams is None:
@@ -164,18 +166,13 @@ class Model:
         return self._span
 
     def _classify_batch(self, batch: list[list[int]]) -> list[Verdict]:
-        def build(part: list[list[int]]) -> tuple[mx.array, dict[int, mx.array]]:
-            hidden, lengths = self.hidden_states(part, self.head.config.layers)
-            return self.head.probs(self.head.pool(hidden, lengths, self._span)), hidden
-
-        parts = self.prefill(batch, build)
-        probs = np.concatenate([np.asarray(p) for p, _ in parts])  # once, not one MLX slice per prompt
-        # the evidence (head per position) after the split forward, on one stream: per-prompt slices
-        # and concatenations measured ~2x slower spread over streams than the little work they are
-        rows = [(hidden, b) for _, hidden in parts for b in range(next(iter(hidden.values())).shape[0])]
+        head = self.head
+        parts = self.prefill(batch, head.config.layers)
+        probs = [head.probs(head.pool(hidden, lengths, self._span)) for _, hidden, lengths in parts]
         z = [self._position_logits({k: h[b:b + 1, :len(ids)] for k, h in hidden.items()})
-             for (hidden, b), ids in zip(rows, batch)]
-        mx.eval(z)
+             for part, hidden, _ in parts for b, ids in enumerate(part)]
+        mx.eval(probs, z)
+        probs = np.concatenate([np.asarray(p) for p in probs])  # once, not one MLX slice per prompt
         return [self._verdict(probs[b], z[b], ids) for b, ids in enumerate(batch)]
 
     def _position_logits(self, hidden: dict[int, mx.array]) -> mx.array:

@@ -78,12 +78,10 @@ def _run(model, encoded, layers, batch_size, out, progress, save) -> None:
     try:
         for idx in batches([len(ids) for _, ids in encoded], batch_size):
             chunk = [encoded[i] for i in idx]
-            def build(part: list[list[int]]) -> mx.array:
-                hidden, lengths = model.hidden_states(part, layers)
-                return pool(hidden, tuple(layers), "last+mean", lengths, model.span)  # (B, L*2*D)
-
-            parts = model.prefill([ids for _, ids in chunk], build)
-            arr = np.concatenate([np.array(p) for p in parts]).reshape(len(chunk), len(layers), 2, -1)
+            feats = [pool(hidden, tuple(layers), "last+mean", lengths, model.span)  # (B, L*2*D) per part
+                     for _, hidden, lengths in model.prefill([ids for _, ids in chunk], layers)]
+            mx.eval(feats)
+            arr = np.concatenate([np.array(f) for f in feats]).reshape(len(chunk), len(layers), 2, -1)
             for (k, _), row in zip(chunk, arr):
                 out[k] = row
             if bar is not None:
