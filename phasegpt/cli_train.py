@@ -119,8 +119,8 @@ def train_adapter(model_, adapter, head, dtype, data, out, style, iters, rank, n
     tok, net = model.tokenizer, model.loaded.model
     cfg = AdapterConfig(rank=rank, num_layers=num_layers, iters=iters, batch_size=batch_size,
                         learning_rate=learning_rate, seed=seed)
-    path = run(net, tok, make_chat_examples(records(train), tok, style=style, model=net),
-               make_chat_examples(records(dev), tok, style=style, model=net), out, config=cfg,
+    path = run(net, tok, make_chat_examples(records(train), tok, style=style, model=net, progress=True),
+               make_chat_examples(records(dev), tok, style=style, model=net, progress=True), out, config=cfg,
                base_model=model.name)
     click.echo(f"wrote {path}")
 

@@ -8,10 +8,12 @@ malformed data fails before training starts. ``phasegpt.train.adapter`` trains o
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import click
 import mlx.nn as nn
 from mlx_lm.tuner.datasets import CacheDataset, ChatDataset
 
@@ -41,6 +43,7 @@ def make_chat_examples(
     model: nn.Module | None = None,
     max_tokens: int = 64,
     template: str = RAG_TEMPLATE,
+    progress: bool = False,
 ) -> list[dict[str, Any]]:
     """Turn labelled records into chat training examples ``{"messages": [user, assistant]}``.
 
@@ -62,6 +65,8 @@ def make_chat_examples(
         max_tokens: length cap of generated answers.
         template: the RAG template that puts context into the user turn; use the same
             one at inference.
+        progress: show a progress bar on stderr while the model writes answers (a few
+            seconds each on a CPU).
 
     Returns:
         Examples in mlx-lm's chat format, in the order of ``records``.
@@ -75,6 +80,10 @@ def make_chat_examples(
     if not getattr(tokenizer, "has_chat_template", False):
         raise ValueError("the tokenizer has no chat template; load the model's instruct variant")
     refusals = REFUSAL_TAGS if style == "tag" else REFUSAL_TEXTS
+    records = list(records)
+    to_write = sum(r.get("label") == "answer" and not r.get("response") for r in records) if model is not None else 0
+    bar = click.progressbar(length=to_write, label="writing base-model answers", file=sys.stderr) \
+        if progress and to_write else None
     examples: list[dict[str, Any]] = []
     skipped = 0
     for i, rec in enumerate(records):
@@ -91,12 +100,16 @@ def make_chat_examples(
         elif model is not None:
             ids = prompt_tokens(tokenizer, prompt, rec.get("context"), template=template)
             reply = _greedy_answer(model, tokenizer, ids, max_tokens)
+            if bar is not None:
+                bar.update(1)
         else:
             reply = ""
         if not reply:
             skipped += 1
             continue
         examples.append({"messages": [user, {"role": "assistant", "content": reply}]})
+    if bar is not None:
+        bar.render_finish()
     if skipped:
         warnings.warn(
             f"skipped {skipped} answer record(s) without a response; give them a 'response' "
