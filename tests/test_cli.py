@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -165,6 +166,9 @@ def test_train_adapter_cli_writes_a_loadable_adapter(tiny_dir, tmp_path):
         assert r.exit_code == 0, r.output
         assert "writing base-model answers" in r.output  # the slow part on a CPU shows progress
         assert {p.name for p in out.iterdir()} == {"adapter_config.json", "adapters.safetensors"}
+        mask = os.umask(0)
+        os.umask(mask)
+        assert out.stat().st_mode & 0o777 == 0o777 & ~mask  # an ordinary folder, not mkdtemp's owner-only one
         model = phasegpt.load(tiny_dir, adapter=out)
         assert model.loaded.adapter_sha256 and model.generate("hi", max_tokens=2).generation_tokens >= 1
     finally:

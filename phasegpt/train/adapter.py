@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -319,6 +320,9 @@ def train_adapter(
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    mask = os.umask(0)
+    os.umask(mask)
+    tmp.chmod(0o777 & ~mask)  # mkdtemp makes it owner-only; the adapter folder is an ordinary folder
     try:
         report = _Progress(config.iters, progress, callback)
         args = TrainingArgs(
