@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
@@ -56,7 +57,6 @@ class Model:
                             adapter_sha256=loaded.adapter_sha256)
         self._span = content_span(loaded.tokenizer)
         self._max_tokens = int(loaded.config.get("max_position_embeddings") or 0)
-        self._streams: list[Any] | None = None  # CPU streams for prefill(), made on first use
 
     @property
     def name(self) -> str:
@@ -124,7 +124,7 @@ class Model:
         of its part, equal to a whole-batch run to float rounding. Elsewhere (a GPU, one core,
         ``PHASEGPT_CPU_STREAMS=1``) the batch runs whole.
         """
-        streams = self._cpu_streams()
+        streams = _streams(cpu_streams())
         n = min(len(streams), len(batch))
         if n < 2:
             hidden, lengths = self.hidden_states(batch, layers)
@@ -142,12 +142,6 @@ class Model:
         with blas.one_thread():
             mx.eval([hidden[i] for i in sorted(parts[0][1]) for _, hidden, _ in parts])
         return parts
-
-    def _cpu_streams(self) -> list[Any]:
-        if self._streams is None:
-            n = cpu_streams()
-            self._streams = [mx.new_stream(mx.cpu) for _ in range(n)] if n > 1 else []
-        return self._streams
 
     def hidden_states(self, batch: list[list[int]], layers: Sequence[int]) -> tuple[dict[int, mx.array], mx.array]:
         """Tapped states {layer: (B, T, D)} and lengths (B,) for one batch of token lists (lazy)."""
@@ -311,18 +305,37 @@ class Model:
 
 
 def cpu_streams() -> int:
-    """How many CPU streams ``Model.prefill`` splits a batch over: one per core (at most
-    ``MAX_STREAMS``) when MLX computes on the CPU and the BLAS can be held to one thread, else 1.
-    ``PHASEGPT_CPU_STREAMS`` overrides it (1 turns the split off)."""
+    """How many CPU streams ``Model.prefill`` splits a batch over (1 = none), decided per call.
+
+    One per core (at most ``MAX_STREAMS``) when MLX computes on the CPU and the BLAS can be held
+    to one thread; 1 on a GPU. ``PHASEGPT_CPU_STREAMS`` sets the count on the CPU (1 turns the
+    split off), within the same cap.
+    """
     setting = os.environ.get(STREAMS_ENV, "").strip()
+    if setting and (not setting.isdigit() or int(setting) < 1):
+        raise ValueError(f"{STREAMS_ENV}={setting!r}: expected a whole number of streams, 1 or more (1 turns the split off)")
+    if mx.default_device() != mx.cpu:
+        return 1
     if setting:
-        if not setting.isdigit() or int(setting) < 1:
-            raise ValueError(f"{STREAMS_ENV}={setting!r}: expected a whole number of streams, 1 or more (1 turns the split off)")
-        return int(setting)
-    if mx.default_device() != mx.cpu or not blas.single_threaded_ok():
+        return min(int(setting), MAX_STREAMS)
+    if not blas.single_threaded_ok():
         return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, min(cores, MAX_STREAMS))
+
+
+_cpu_stream_pool: list[Any] = []  # shared by every Model: each MLX stream is an OS thread that never exits
+_cpu_stream_lock = threading.Lock()
+
+
+def _streams(n: int) -> list[Any]:
+    """``n`` CPU streams from the process-wide pool (none when ``n`` is 1)."""
+    if n < 2:
+        return []
+    with _cpu_stream_lock:
+        while len(_cpu_stream_pool) < n:
+            _cpu_stream_pool.append(mx.new_stream(mx.cpu))
+        return _cpu_stream_pool[:n]
 
 
 def batches(lengths: Sequence[int], batch_size: int, max_tokens: int = MAX_BATCH_TOKENS) -> Iterator[list[int]]:

@@ -134,7 +134,8 @@ def thread_control() -> tuple[Callable[[], int], Callable[[int], None]] | None:
     """Getter and setter of the thread count of the BLAS MLX's matmul calls, or None if unknown.
 
     Found in the library that provides ``cblas_sgemm`` (OpenBLAS or MKL). MLX's own reference
-    BLAS has no threads, and Accelerate exposes no such setter: both give None.
+    BLAS has no threads, and Accelerate exposes no such setter: both give None. So does an
+    OpenMP build of OpenBLAS, where the setting only holds in the thread that makes it.
     """
     path = provider()
     if path is None:
@@ -143,6 +144,11 @@ def thread_control() -> tuple[Callable[[], int], Callable[[int], None]] | None:
         lib = ctypes.CDLL(path) if os.sep in path else ctypes.CDLL(None)
     except OSError:
         return None
+    parallel = getattr(lib, "openblas_get_parallel", None)
+    if parallel is not None:
+        parallel.argtypes, parallel.restype = [], ctypes.c_int
+        if parallel() == 2:  # an OpenMP build: the count is per calling thread, MLX's stream threads keep theirs
+            return None
     for get_name, set_name in _THREAD_CONTROLS:
         get, set_ = getattr(lib, get_name, None), getattr(lib, set_name, None)
         if get is not None and set_ is not None:
@@ -164,8 +170,8 @@ def one_thread() -> Iterator[None]:
     For work that is already parallel (a batch split over several MLX CPU streams, each its own
     thread): a multi-threaded BLAS would put two threads per core. The setting is process-wide
     while the block runs; BLAS calls from other threads in that time also run single-threaded.
-    Nested or concurrent blocks (two threads classifying at once) share it: the first to enter
-    saves the count and the last to leave restores it.
+    Nested or overlapping blocks (two threads, each classifying with its own Model) share it:
+    the first to enter saves the count and the last to leave restores it.
     """
     global _single_users, _threads_before
     control = thread_control()

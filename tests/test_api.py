@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import mlx.core as mx
 import pytest
 
 import phasegpt
@@ -35,13 +36,23 @@ def test_classify_split_over_cpu_streams_equals_one_at_a_time(tiny_dir, tmp_path
     base = phasegpt.load(tiny_dir)
     model = phasegpt.load(tiny_dir, head=random_head(base, tmp_path / "head"))
     batched = model.classify(PROMPTS, batch_size=4)
-    assert len(model._cpu_streams()) == (0 if streams == "1" else int(streams))
+    assert cpu_streams() == (int(streams) if mx.default_device() == mx.cpu else 1)  # never on a GPU
     monkeypatch.setenv(STREAMS_ENV, "1")
     single = phasegpt.load(tiny_dir, head=tmp_path / "head")
     for a, p in zip(batched, PROMPTS):
         b = single.classify([p])[0]
         assert a.label == b.label and a.evidence == b.evidence
         assert max(abs(a.probs[k] - b.probs[k]) for k in LABELS) < 1e-4
+
+
+def test_cpu_streams_are_shared_and_capped(monkeypatch):
+    from phasegpt.api import MAX_STREAMS, _streams
+
+    monkeypatch.setenv(STREAMS_ENV, "1000")
+    assert cpu_streams() == (MAX_STREAMS if mx.default_device() == mx.cpu else 1)
+    first = _streams(2)
+    assert _streams(3)[:2] == first  # every Model reuses the same stream threads
+    assert _streams(1) == []
 
 
 def test_bad_cpu_streams_setting(tiny_model, monkeypatch):

@@ -208,22 +208,39 @@ def test_doctor_report_matches_the_active_blas():
 
 @linux_only
 def test_one_thread_holds_the_blas_to_one_thread_and_restores_it():
+    import threading
+
     from phasegpt import blas
 
     control = blas.thread_control()
-    if control is None:  # MLX's own BLAS (no threads) or a library without a setter
+    if control is None:  # MLX's own BLAS (no threads) or a library without a usable setter
         assert blas.single_threaded_ok() == (blas.active().name == "stock")
         pytest.skip(f"no thread control for {blas.active().name}")
     get, set_ = control
     before = get()
-    with blas.one_thread():
-        assert get() == 1
-    assert get() == before
-    with pytest.raises(RuntimeError), blas.one_thread():
-        raise RuntimeError("restored on error too")
-    assert get() == before
-    with blas.one_thread():  # nested (or overlapping, from two threads): restored when the last one leaves
+    set_(2)  # so that "1 inside" is a change even on a one-core machine
+    try:
         with blas.one_thread():
             assert get() == 1
-        assert get() == 1
-    assert get() == before
+        assert get() == 2
+        with pytest.raises(RuntimeError), blas.one_thread():
+            raise RuntimeError("restored on error too")
+        assert get() == 2
+        # overlapping blocks in two threads: the first to leave must not restore the count under the other
+        entered, release = threading.Event(), threading.Event()
+
+        def other():
+            with blas.one_thread():
+                entered.set()
+                release.wait(10)
+
+        t = threading.Thread(target=other)
+        t.start()
+        assert entered.wait(10)
+        with blas.one_thread():
+            release.set()
+            t.join(10)
+            assert get() == 1  # the other thread has left; this block still runs single-threaded
+        assert get() == 2
+    finally:
+        set_(before)

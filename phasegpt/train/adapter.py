@@ -21,9 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -319,10 +318,9 @@ def train_adapter(
     linear_to_lora_layers(model, config.num_layers, config.lora_parameters())
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    mask = os.umask(0)
-    os.umask(mask)
-    tmp.chmod(0o777 & ~mask)  # mkdtemp makes it owner-only; the adapter folder is an ordinary folder
+    # a plain mkdir (not mkdtemp, which is owner-only): the folder gets the umask's permissions
+    tmp = out.parent / f".{out.name}.{secrets.token_hex(6)}.tmp"
+    tmp.mkdir()
     try:
         report = _Progress(config.iters, progress, callback)
         args = TrainingArgs(

@@ -8,6 +8,7 @@ malformed data fails before training starts. ``phasegpt.train.adapter`` trains o
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -82,34 +83,34 @@ def make_chat_examples(
     refusals = REFUSAL_TAGS if style == "tag" else REFUSAL_TEXTS
     records = list(records)
     to_write = sum(r.get("label") == "answer" and not r.get("response") for r in records) if model is not None else 0
-    bar = click.progressbar(length=to_write, label="writing base-model answers", file=sys.stderr) \
-        if progress and to_write else None
+    # a context manager, so the bar is closed even when a record is bad
+    bar_or_none = click.progressbar(length=to_write, label="writing base-model answers", file=sys.stderr) \
+        if progress and to_write else contextlib.nullcontext()
     examples: list[dict[str, Any]] = []
     skipped = 0
-    for i, rec in enumerate(records):
-        prompt, label = rec.get("prompt"), rec.get("label")
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise ValueError(f"record {i} has no prompt text")
-        if label not in LABELS:
-            raise ValueError(f"record {i} has label {label!r}; expected one of {LABELS} (filter others out)")
-        user = {"role": "user", "content": user_message(prompt, rec.get("context"), template=template)}
-        if label != "answer":
-            reply = refusals[label]
-        elif rec.get("response"):
-            reply = str(rec["response"])
-        elif model is not None:
-            ids = prompt_tokens(tokenizer, prompt, rec.get("context"), template=template)
-            reply = _greedy_answer(model, tokenizer, ids, max_tokens)
-            if bar is not None:
-                bar.update(1)
-        else:
-            reply = ""
-        if not reply:
-            skipped += 1
-            continue
-        examples.append({"messages": [user, {"role": "assistant", "content": reply}]})
-    if bar is not None:
-        bar.render_finish()
+    with bar_or_none as bar:
+        for i, rec in enumerate(records):
+            prompt, label = rec.get("prompt"), rec.get("label")
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise ValueError(f"record {i} has no prompt text")
+            if label not in LABELS:
+                raise ValueError(f"record {i} has label {label!r}; expected one of {LABELS} (filter others out)")
+            user = {"role": "user", "content": user_message(prompt, rec.get("context"), template=template)}
+            if label != "answer":
+                reply = refusals[label]
+            elif rec.get("response"):
+                reply = str(rec["response"])
+            elif model is not None:
+                ids = prompt_tokens(tokenizer, prompt, rec.get("context"), template=template)
+                reply = _greedy_answer(model, tokenizer, ids, max_tokens)
+                if bar is not None:
+                    bar.update(1)
+            else:
+                reply = ""
+            if not reply:
+                skipped += 1
+                continue
+            examples.append({"messages": [user, {"role": "assistant", "content": reply}]})
     if skipped:
         warnings.warn(
             f"skipped {skipped} answer record(s) without a response; give them a 'response' "

@@ -2,7 +2,7 @@
 
 Features are the same pooled tapped states the head reads at inference time, for every
 candidate layer and both poolings at once: an array (N, L, 2, D) = (examples, layers,
-[last, mean], hidden). They come from ``Model.hidden_states``, the batched prefill path
+[last, mean], hidden). They come from ``Model.prefill``, the batched prefill path
 ``classify`` uses, so training and inference cannot drift apart.
 
 The cache lives in ``$PHASEGPT_HOME/features/`` and is keyed by the model fingerprint,
