@@ -28,6 +28,7 @@ from phasegpt.api import batches
 from phasegpt.head import pool
 from phasegpt.paths import user_dir
 from phasegpt.train.data import Example
+from phasegpt.train.fit_head import select
 
 SAVE_EVERY = 300.0  # seconds between cache checkpoints during a long extraction
 
@@ -118,8 +119,6 @@ def predict(model, examples: Sequence[Example], *, batch_size: int = 16, use_cac
     layers = list(head.config.training.get("candidates") or head.config.layers)
     if not set(head.config.layers) <= set(layers):
         layers = list(head.config.layers)
-    from phasegpt.train.fit_head import select
-
     feats = extract(model, examples, layers, batch_size=batch_size, use_cache=use_cache, progress=progress)
     x = select(feats, tuple(layers.index(i) for i in head.config.layers), head.config.pooling)
     probs = head.probs(mx.array(x))

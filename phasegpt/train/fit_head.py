@@ -249,11 +249,10 @@ def sweep(train: np.ndarray, ytr: np.ndarray, dev: np.ndarray, ydv: np.ndarray, 
         scores = {(i,): probe((i,), pooling) for i in range(train.shape[1])}
         layers, score = max(scores.items(), key=lambda kv: kv[1])
         while len(layers) < cfg.max_layers:
-            trials = {tuple(sorted(layers + (i,))): 0.0 for i in range(train.shape[1]) if i not in layers}
+            trials = {cand: probe(cand, pooling)
+                      for cand in (tuple(sorted(layers + (i,))) for i in range(train.shape[1]) if i not in layers)}
             if not trials:
                 break
-            for cand in trials:
-                trials[cand] = probe(cand, pooling)
             cand, s = max(trials.items(), key=lambda kv: kv[1])
             if s <= score + 1e-3:
                 break
