@@ -120,7 +120,7 @@ class Model:
         (SwiGLU's ``silu`` is a third of a small model's forward) on one thread, while the BLAS
         threads only the matmuls. So the batch is split over one stream per core, and the BLAS is
         held to one thread meanwhile (``blas.one_thread``): every core does all of the work for its
-        part (1.3-1.5x faster on 2 cores, BENCHMARKS.md). Each prompt's numbers are those of a batch
+        part (1.2-1.6x faster on 2 cores, BENCHMARKS.md). Each prompt's numbers are those of a batch
         of its part, equal to a whole-batch run to float rounding. Elsewhere (a GPU, one core,
         ``PHASEGPT_CPU_STREAMS=1``) the batch runs whole.
         """
