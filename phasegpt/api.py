@@ -24,7 +24,14 @@ import numpy as np
 from phasegpt import blas
 from phasegpt.head import Head
 from phasegpt.loading import LoadedModel
-from phasegpt.prompting import RAG_TEMPLATE, Context, content_span, prompt_tokens
+from phasegpt.prompting import (
+    RAG_TEMPLATE,
+    Context,
+    check_template,
+    content_span,
+    prompt_tokens,
+    user_segments,
+)
 from phasegpt.tap import tapped
 from phasegpt.verdict import Chunk, Result, Verdict, parse_tag
 
@@ -55,7 +62,8 @@ class Model:
             head.check_base(name=loaded.name, fingerprint=loaded.fingerprint,
                             hidden_size=int(loaded.config.get("hidden_size", 0)),
                             adapter_sha256=loaded.adapter_sha256)
-        self._span = content_span(loaded.tokenizer)
+        check_template(template)
+        self._span = content_span(loaded.tokenizer, system=system)
         self._max_tokens = int(loaded.config.get("max_position_embeddings") or 0)
 
     @property
@@ -105,7 +113,8 @@ class Model:
         verdicts: list[Verdict | None] = [None] * len(encoded)
         for idx in batches([len(t) for t in encoded], batch_size):
             t0 = time.perf_counter()
-            for i, v in zip(idx, self._classify_batch([encoded[i] for i in idx])):
+            own = [user_segments(prompts[i], contexts[i], template=self.template) for i in idx]
+            for i, v in zip(idx, self._classify_batch([encoded[i] for i in idx], own)):
                 verdicts[i] = v
             per_item = (time.perf_counter() - t0) / len(idx)
             for i in idx:
@@ -159,7 +168,7 @@ class Model:
         """Template tokens before and after the user content (see prompting.content_span)."""
         return self._span
 
-    def _classify_batch(self, batch: list[list[int]]) -> list[Verdict]:
+    def _classify_batch(self, batch: list[list[int]], segments: list[list[tuple[str, bool]]]) -> list[Verdict]:
         head = self.head
         parts = self.prefill(batch, head.config.layers)
         probs = [head.probs(head.pool(hidden, lengths, self._span)) for _, hidden, lengths in parts]
@@ -167,13 +176,13 @@ class Model:
              for part, hidden, _ in parts for b, ids in enumerate(part)]
         mx.eval(probs, z)
         probs = np.concatenate([np.asarray(p) for p in probs])  # once, not one MLX slice per prompt
-        return [self._verdict(probs[b], z[b], ids) for b, ids in enumerate(batch)]
+        return [self._verdict(probs[b], z[b], ids, segs) for b, (ids, segs) in enumerate(zip(batch, segments))]
 
     def _position_logits(self, hidden: dict[int, mx.array]) -> mx.array:
         """Calibrated logits (T, C) of the head applied at every position of one prompt (for evidence)."""
         return self.head.logits(self.head.per_position(hidden)) / self.head.config.temperature
 
-    def _verdict(self, probs: mx.array, z: mx.array, ids: list[int]) -> Verdict:
+    def _verdict(self, probs: mx.array, z: mx.array, ids: list[int], segments: list[tuple[str, bool]]) -> Verdict:
         # numpy from here on: in `stream` the arrays are already computed, and any new MLX op
         # would queue behind mlx-lm's next decode step and delay the verdict by a whole step
         probs, z = np.asarray(probs, dtype=np.float64), np.asarray(z, dtype=np.float64)
@@ -182,18 +191,19 @@ class Model:
         label = head.decide(probs[None])[0]
         p = dict(zip(labels, probs.tolist()))
         return Verdict(
-            label=label, probs=p, confidence=p[label], evidence=self._evidence(z, ids, labels.index(label)),
+            label=label, probs=p, confidence=p[label], evidence=self._evidence(z, ids, labels.index(label), segments),
             layers=tuple(head.config.layers), source="head", model=self.loaded.name,
             model_fingerprint=self.loaded.fingerprint, head_sha256=head.sha256,
             adapter_sha256=self.loaded.adapter_sha256, thresholds=dict(head.config.thresholds),
         )
 
-    def _evidence(self, z: np.ndarray, ids: list[int], k: int) -> tuple[str, ...]:
-        """The user's words where the head, applied per position, leans hardest towards class k."""
+    def _evidence(self, z: np.ndarray, ids: list[int], k: int, segments: list[tuple[str, bool]]) -> tuple[str, ...]:
+        """The caller's words (not the RAG template's) where the head, applied per position, leans
+        hardest towards class k."""
         pre, post = self._span
         top = z.max(axis=-1, keepdims=True)
         score = (z[:, k] - (top[:, 0] + np.log(np.exp(z - top).sum(axis=-1)))).tolist()  # log p_t(k)
-        words = _words(self.tokenizer, ids, pre, len(ids) - post)
+        words = _callers(_words(self.tokenizer, ids, pre, len(ids) - post), segments)
         ranked = sorted(words, key=lambda w: -max(score[i] for i in w[1]))
         seen, out = set(), []
         for text, _ in ranked:
@@ -224,6 +234,7 @@ class Model:
         from mlx_lm.sample_utils import make_sampler
 
         ids = self.encode(prompt, context)
+        segments = user_segments(prompt, context, template=self.template)  # for the evidence
         if seed is not None:
             mx.random.seed(seed)
         t0 = time.perf_counter()
@@ -243,7 +254,7 @@ class Model:
                                       sampler=make_sampler(temp=temp, top_p=top_p))
                 first = next(gen)  # prefill done (and the first token sampled): the head has run too
             if self.head is not None:
-                verdict = self._verdict(ready["probs"], ready["z"], ids)
+                verdict = self._verdict(ready["probs"], ready["z"], ids, segments)
             stop = stop_on_refusal and verdict is not None and verdict.refusal
             yield Chunk("", verdict, None, len(ids), 0, first.prompt_tps, 0.0, "refusal" if stop else None,
                         time.perf_counter() - t0)
@@ -368,6 +379,32 @@ def _words(tokenizer: Any, ids: list[int], start: int, end: int) -> list[tuple[s
         text = tokenizer.decode([ids[i] for i in g]).strip()
         if any(ch.isalnum() for ch in text):
             out.append((text.strip(".,;:!?\"'()[]"), g))
+    return out
+
+
+def _callers(words: list[tuple[str, list[int]]], segments: list[tuple[str, bool]]) -> list[tuple[str, list[int]]]:
+    """The words that fall in the caller's pieces of the user turn (prompting.user_segments).
+
+    Each word is found in the joined text after the one before it, so a word the template and
+    the question share is told apart by where it is; a word not found (a tokenizer that does
+    not decode to the same text) is dropped rather than guessed.
+    """
+    if all(own for _, own in segments):
+        return words
+    text = "".join(piece for piece, _ in segments)
+    owner = np.zeros(len(text), dtype=bool)
+    at = 0
+    for piece, own in segments:
+        owner[at:at + len(piece)] = own
+        at += len(piece)
+    out, cursor = [], 0
+    for word in words:
+        start = text.find(word[0], cursor)
+        if start < 0:
+            continue
+        cursor = start + len(word[0])
+        if owner[start:cursor].all():
+            out.append(word)
     return out
 
 

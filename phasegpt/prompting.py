@@ -9,6 +9,7 @@ trained with the same template.
 
 from __future__ import annotations
 
+import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
@@ -69,6 +70,19 @@ def user_message(prompt: str, context: Context = None, *, template: str = RAG_TE
     Raises:
         ValueError: an empty or enormous prompt, or malformed documents.
     """
+    return "".join(text for text, _ in user_segments(prompt, context, template=template))
+
+
+def user_segments(prompt: str, context: Context = None, *,
+                  template: str = RAG_TEMPLATE) -> list[tuple[str, bool]]:
+    """The user turn in pieces, ``(text, from_caller)``: the question and the documents' texts
+    are the caller's, the template's instruction and document headers are not. Joined, the
+    pieces are ``user_message``; evidence is taken from the caller's pieces only.
+
+    Raises:
+        ValueError: an empty or enormous prompt, malformed documents, or a bad template
+            (see ``check_template``).
+    """
     if not isinstance(prompt, str):
         raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
     if not prompt.strip():
@@ -77,11 +91,41 @@ def user_message(prompt: str, context: Context = None, *, template: str = RAG_TE
         raise ValueError(f"the prompt has {len(prompt):,} characters (limit {MAX_PROMPT_CHARS:,}); shorten it")
     docs = normalize_context(context)
     if not docs:
-        return prompt
-    rendered = "\n\n".join(
-        DOCUMENT_TEMPLATE.format(n=i + 1, id=f" ({d.id})" if d.id else "", text=d.text) for i, d in enumerate(docs)
-    )
-    return template.format(documents=rendered, question=prompt)
+        return [(prompt, True)]
+    rendered: list[tuple[str, bool]] = []
+    for i, d in enumerate(docs):
+        rendered += [("\n\n", False)] if i else []
+        rendered += _fill(DOCUMENT_TEMPLATE, {"n": [(str(i + 1), False)], "id": [(f" ({d.id})" if d.id else "", False)],
+                                              "text": [(d.text, True)]})
+    check_template(template)
+    return [(text, own) for text, own in _fill(template, {"documents": rendered, "question": [(prompt, True)]}) if text]
+
+
+def check_template(template: str) -> None:
+    """Raise ValueError unless ``template`` uses ``{documents}`` and ``{question}`` and no other field."""
+    if not isinstance(template, str):
+        raise ValueError(f"the RAG template must be a string, got {type(template).__name__}")
+    try:
+        parsed = [(field, spec, conversion) for _, field, spec, conversion in string.Formatter().parse(template)
+                  if field is not None]
+    except ValueError as e:  # a lone "{" or "}"
+        raise ValueError(f"the RAG template {template!r} is not a format string ({e}); write a literal brace as {{{{ or }}}}") from None
+    for field, spec, conversion in parsed:
+        if field not in ("documents", "question") or spec or conversion:
+            raise ValueError(f"the RAG template {template!r} has the field {{{field}}}; it may only use "
+                             "{documents} and {question}, plainly")
+    if not {"documents", "question"} <= {field for field, _, _ in parsed}:
+        raise ValueError(f"the RAG template {template!r} must contain both {{documents}} and {{question}}")
+
+
+def _fill(template: str, fields: dict[str, list[tuple[str, bool]]]) -> list[tuple[str, bool]]:
+    """``template.format`` as pieces: its literal text is not the caller's; each field's pieces are given."""
+    out: list[tuple[str, bool]] = []
+    for literal, field, _, _ in string.Formatter().parse(template):  # fields checked by check_template
+        out.append((literal, False))
+        if field is not None:
+            out += fields[field]
+    return out
 
 
 def prompt_tokens(tokenizer: Any, prompt: str, context: Context = None, *, system: str | None = None,
@@ -99,14 +143,14 @@ def prompt_tokens(tokenizer: Any, prompt: str, context: Context = None, *, syste
     return list(tokenizer.encode(text))
 
 
-def content_span(tokenizer: Any) -> tuple[int, int]:
+def content_span(tokenizer: Any, *, system: str | None = None) -> tuple[int, int]:
     """How many template tokens come before and after the user content in every prompt.
 
     Found by templating two different one-word prompts and measuring their common prefix
     and suffix; pooling and evidence then look at the user's own tokens, not the template.
     """
-    a = prompt_tokens(tokenizer, "alpha")
-    b = prompt_tokens(tokenizer, "zebra crossing")
+    a = prompt_tokens(tokenizer, "alpha", system=system)
+    b = prompt_tokens(tokenizer, "zebra crossing", system=system)
     pre = 0
     while pre < min(len(a), len(b)) and a[pre] == b[pre]:
         pre += 1

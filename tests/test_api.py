@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import mlx.core as mx
@@ -72,6 +73,38 @@ def test_verdict_fields(tiny_model):
     json.dumps(v.to_dict())
 
 
+def test_rag_evidence_is_the_callers_words_not_the_template(tiny_model):
+    # the template alone has ~25 words; with only the caller's five to choose from, a random head
+    # would almost never pick its three from them unless the template's words are kept out
+    ctx = [{"id": "kb-7", "text": "Paris hosts museums."}]
+    callers = {"paris", "hosts", "museums", "capital", "documents"}
+    for v in tiny_model.classify(["Capital per documents?"], contexts=[ctx]) + [
+            tiny_model.generate("Capital per documents?", context=ctx, max_tokens=2).verdict]:
+        assert v.evidence and {e.lower() for e in v.evidence} <= callers, v.evidence
+
+
+def test_callers_words_are_told_apart_by_position():
+    from phasegpt.api import _callers
+    from phasegpt.prompting import user_segments
+
+    segs = user_segments("which question?", "Documents: none.", template="{documents}\nQuestion: {question}")
+    words = [(w, [i]) for i, w in enumerate(["Documents", "none", "Question", "which", "question"])]
+    assert [w for w, _ in _callers(words, segs)] == ["Documents", "none", "which", "question"]
+    assert _callers(words, user_segments("Question and Documents")) == words  # no documents: all the caller's
+
+
+def test_system_prompt_is_template_not_content(tiny_dir, tmp_path):
+    base = phasegpt.load(tiny_dir)
+    head = random_head(base, tmp_path / "head")
+    plain = phasegpt.load(tiny_dir, head=head)
+    system = "Stay brief, careful, polite."
+    model = phasegpt.load(tiny_dir, head=head, system=system)
+    grew = len(model.encode("hi")) - len(plain.encode("hi"))
+    assert grew > 0 and model.span[0] == plain.span[0] + grew and model.span[1] == plain.span[1]
+    v = model.classify(["What is the capital of France?"])[0]
+    assert {e.lower() for e in v.evidence} <= set("what is the capital of france".split())
+
+
 def test_mlp_head_and_mean_pooling(tiny_dir, tmp_path):
     base = phasegpt.load(tiny_dir)
     for pooling, kind in [("mean", "mlp"), ("last", "linear")]:
@@ -127,6 +160,15 @@ def test_bad_input(tiny_model):
         tiny_model.classify("a single string")
     with pytest.raises(ValueError, match="tokens but"):
         tiny_model.classify(["word " * 5000])
+
+
+@pytest.mark.parametrize("template, problem", [("{documents} {foo} {question}", "field {foo}"),
+                                               ("Only {question}", "both {documents} and {question}"),
+                                               ("{documents} {question} }", "not a format string"),
+                                               ("{documents!r} {question}", "plainly")])
+def test_bad_rag_template_fails_at_load(tiny_dir, template, problem):
+    with pytest.raises(ValueError, match=re.escape(problem)):
+        phasegpt.load(tiny_dir, template=template)
 
 
 def test_head_refuses_another_base(tiny_model, tmp_path):
