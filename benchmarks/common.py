@@ -77,11 +77,14 @@ def flops_through(model: phasegpt.Model, deepest: int, tokens: int) -> float:
     return 2.0 * sum(block_params(model)[: deepest + 1]) * tokens
 
 
-def padded_tokens(lengths: Sequence[int], batch_size: int) -> int:
-    """Positions computed when ``lengths`` are sorted and right-padded in batches, as classify does."""
-    order = sorted(lengths)
-    return sum(len(order[i:i + batch_size]) * order[min(i + batch_size, len(order)) - 1]
-               for i in range(0, len(order), batch_size))
+def padded_tokens(model: phasegpt.Model, lengths: Sequence[int], batch_size: int) -> int:
+    """Positions computed when classify (or extraction) runs prompts of ``lengths``: rounds of
+    ``Model.rounds``, each split over the CPU streams as ``Model.prefill`` does, each part
+    right-padded to its longest prompt."""
+    from phasegpt.api import cpu_streams, split_batch
+
+    return sum(len(part) * max(part) for idx in model.rounds(lengths, batch_size)
+               for part in split_batch(sorted(lengths[i] for i in idx), cpu_streams()))
 
 
 def sgemm() -> float:

@@ -9,7 +9,10 @@ On the packaged SmolLM2 (float32), blocks 0..--depth on a random (batch, tokens,
 2. the blocks' matmuls alone (their own weights, random inputs), with their GFLOP/s (attention's
    score/value products, ~4% of the FLOPs, are not counted anywhere);
 3. SwiGLU's ``silu(gate) * up`` alone, the largest elementwise cost;
-4. the forward with the batch split in two halves on two MLX CPU streams (each stream is a thread).
+4. the forward with the batch split in two halves on two MLX CPU streams (each stream is a thread),
+   as set up and with the BLAS held to one thread (what ``Model.prefill`` does);
+5. the matmuls alone, split the same way with one BLAS thread each: the ceiling of the split
+   forward if everything but the matmuls cost nothing.
 
 Medians of --rounds, every measurement in the same process, interleaved round by round.
 """
@@ -25,6 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402  (sets PHASEGPT_HOME to a temp dir and imports phasegpt before mlx)
 from common import median  # noqa: E402
+
+from phasegpt import blas  # noqa: E402
 
 import mlx.core as mx  # noqa: E402
 import mlx.nn as nn  # noqa: E402
@@ -63,17 +68,33 @@ def main() -> None:
                 out.append(forward(part))
         return out
 
+    def matmuls_split():
+        half = rows.shape[0] // 2
+        out = []
+        for s, part in zip(streams, (rows[:half], rows[half:])):
+            with mx.stream(s):
+                out.append([part[:, :w.shape[1]] @ w.T for _, w in linears])
+        return [m for pair in zip(*out) for m in pair]  # ask for them alternating, as Model.prefill does
+
+    def one_blas_thread(fn):  # what Model.prefill does around the split
+        def run():
+            with blas.one_thread():
+                mx.eval(fn())
+        return run
+
     tests = {
         "forward": lambda: forward(x),
         "matmuls only": lambda: [rows[:, :w.shape[1]] @ w.T for _, w in linears],
         "silu(gate) * up only": lambda: [nn.silu(gate) * up for _ in blocks],
         "forward, batch split over 2 streams": lambda: split(x),
+        "forward, split, 1 BLAS thread each": one_blas_thread(lambda: split(x)),
+        "matmuls only, split, 1 BLAS thread each": one_blas_thread(matmuls_split),
     }
     times: dict[str, list[float]] = {k: [] for k in tests}
     for r in range(args.rounds + 1):
         for name, fn in tests.items():
             t0 = time.perf_counter()
-            mx.eval(fn())
+            mx.eval(fn())  # (the one-BLAS-thread runs evaluate inside and return None)
             if r:  # round 0 warms up
                 times[name].append(time.perf_counter() - t0)
     base = median(times["forward"])

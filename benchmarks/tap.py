@@ -98,14 +98,13 @@ def classify_run(model: phasegpt.Model, prompts: list[tuple[str, str | None]], b
 
 def forward_run(model: phasegpt.Model, encoded: list[list[int]], batch_size: int) -> float:
     """Seconds for the batched tapped forward alone (what classify computes before building verdicts),
-    through ``Model.prefill`` as classify runs it (split over CPU streams where that applies)."""
+    in ``Model.rounds`` through ``Model.prefill`` as classify runs it (split over CPU streams where that applies)."""
     import mlx.core as mx
 
     head = model.head
-    batches = sorted(encoded, key=len)
     t0 = time.perf_counter()
-    for i in range(0, len(batches), batch_size):
-        parts = model.prefill(batches[i:i + batch_size], head.config.layers)
+    for idx in model.rounds([len(e) for e in encoded], batch_size):
+        parts = model.prefill([encoded[i] for i in idx], head.config.layers)
         mx.eval([head.probs(head.pool(hidden, lengths, model.span)) for _, hidden, lengths in parts])
     return time.perf_counter() - t0
 
@@ -179,7 +178,7 @@ def main() -> None:
                      f"{1e3 * a:.1f}", f"{1e3 * b:.1f}", f"{ratio:.3f}×", f"≤ {TARGET_VERDICT}×",
                      verdict_mark(ratio <= TARGET_VERDICT)])
     for bs in args.batch_sizes:
-        flops = common.flops_through(model, deepest, common.padded_tokens(lengths, bs))
+        flops = common.flops_through(model, deepest, common.padded_tokens(model, lengths, bs))
         g_e2e, g_fwd = flops / median(e2e[bs]) / 1e9, flops / median(fwd[bs]) / 1e9
         rows.append([f"classify GFLOP/s, batch {bs} (forward only: {g_fwd:.1f} = {100 * g_fwd / sg:.0f}%)",
                      f"{sg:.1f} (sgemm)", f"{g_e2e:.1f}", f"{100 * g_e2e / sg:.0f}% of sgemm",
@@ -196,7 +195,7 @@ def main() -> None:
           f"({useful} tokens, {min(lengths)}-{max(lengths)} per prompt). Classify FLOPs: "
           f"2 × params of blocks 0..{deepest} ({deepest + 1} of {len(model.loaded.model.layers)} blocks, "
           f"{sum(common.block_params(model)[:deepest + 1]) / 1e6:.1f}M) × padded positions "
-          f"(batch {max(args.batch_sizes)}: {common.padded_tokens(lengths, max(args.batch_sizes))} for {useful} real tokens); "
+          f"(batch {max(args.batch_sizes)}: {common.padded_tokens(model, lengths, max(args.batch_sizes))} for {useful} real tokens); "
           f"sgemm spread {spread(gemm)} GFLOP/s.")
     print(f"Machine: {common.machine_line()}")
 

@@ -68,9 +68,9 @@ def bench_extract(model, pairs, layers: list[int], batch_size: int, slices: int)
         extract(model, part, layers, batch_size=batch_size, use_cache=False, progress=False)
         seconds = time.perf_counter() - t0
         after = common.sgemm()
-        flops = common.flops_through(model, deepest, common.padded_tokens(lengths, batch_size))
+        flops = common.flops_through(model, deepest, common.padded_tokens(model, lengths, batch_size))
         rec = {"n": len(part), "seconds": seconds, "gflops": flops / seconds / 1e9, "sgemm": (before + after) / 2,
-               "tokens": sum(lengths), "padded": common.padded_tokens(lengths, batch_size)}
+               "tokens": sum(lengths), "padded": common.padded_tokens(model, lengths, batch_size)}
         rec["pct"] = 100 * rec["gflops"] / rec["sgemm"]
         records.append(rec)
         before = after

@@ -90,7 +90,7 @@ class Model:
         Args:
             prompts: the requests.
             contexts: retrieved documents per prompt (None, a string, or a list), same length.
-            batch_size: prompts per forward pass.
+            batch_size: prompts per forward pass (on the CPU, one forward pass per core runs at once).
             metadata: free-form caller data written to the audit log with each record.
 
         Returns:
@@ -111,7 +111,7 @@ class Model:
             raise ValueError("batch_size must be at least 1")
         encoded = [self.encode(p, c) for p, c in zip(prompts, contexts)]
         verdicts: list[Verdict | None] = [None] * len(encoded)
-        for idx in batches([len(t) for t in encoded], batch_size):
+        for idx in self.rounds([len(t) for t in encoded], batch_size):
             t0 = time.perf_counter()
             own = [user_segments(prompts[i], contexts[i], template=self.template) for i in idx]
             for i, v in zip(idx, self._classify_batch([encoded[i] for i in idx], own)):
@@ -120,6 +120,13 @@ class Model:
             for i in idx:
                 self._record(verdicts[i], prompts[i], contexts[i], None, per_item, metadata)
         return verdicts  # type: ignore[return-value]
+
+    def rounds(self, lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
+        """Prompt indices grouped for one ``prefill`` call each: ``batch_size`` prompts per forward
+        pass, times the forward passes that run at once (one per CPU stream, see ``prefill``), so
+        that even ``batch_size=1`` keeps every core busy."""
+        n = cpu_streams()
+        return batches(lengths, batch_size * n, MAX_BATCH_TOKENS * n)
 
     def prefill(self, batch: list[list[int]], layers: Sequence[int]) -> list[tuple[list[list[int]], dict[int, mx.array], mx.array]]:
         """Tapped states of ``layers`` for a batch of token lists, computed: ``(part, hidden, lengths)``
@@ -133,16 +140,13 @@ class Model:
         of its part, equal to a whole-batch run to float rounding. Elsewhere (a GPU, one core,
         ``PHASEGPT_CPU_STREAMS=1``) the batch runs whole.
         """
-        streams = _streams(cpu_streams())
-        n = min(len(streams), len(batch))
-        if n < 2:
+        split = split_batch(batch, cpu_streams())
+        if len(split) < 2:
             hidden, lengths = self.hidden_states(batch, layers)
             mx.eval(hidden)
             return [(batch, hidden, lengths)]
-        size = -(-len(batch) // n)
         parts = []
-        for start, stream in zip(range(0, len(batch), size), streams):
-            part = batch[start:start + size]
+        for part, stream in zip(split, _streams(len(split))):
             with mx.stream(stream):
                 parts.append((part, *self.hidden_states(part, layers)))
         # MLX runs the graph in the order of the arrays asked for, with few ops in flight: asking for
@@ -347,6 +351,12 @@ def _streams(n: int) -> list[Any]:
         while len(_cpu_stream_pool) < n:
             _cpu_stream_pool.append(mx.new_stream(mx.cpu))
         return _cpu_stream_pool[:n]
+
+
+def split_batch(batch: list, n: int) -> list[list]:
+    """``batch`` in at most ``n`` consecutive parts of equal size (the last may be smaller)."""
+    size = -(-len(batch) // max(1, min(n, len(batch))))
+    return [batch[i:i + size] for i in range(0, len(batch), size)]
 
 
 def batches(lengths: Sequence[int], batch_size: int, max_tokens: int = MAX_BATCH_TOKENS) -> Iterator[list[int]]:

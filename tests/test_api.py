@@ -46,6 +46,17 @@ def test_classify_split_over_cpu_streams_equals_one_at_a_time(tiny_dir, tmp_path
         assert max(abs(a.probs[k] - b.probs[k]) for k in LABELS) < 1e-4
 
 
+def test_rounds_give_each_stream_a_whole_batch(tiny_model, monkeypatch):
+    monkeypatch.setenv(STREAMS_ENV, "2")
+    n = cpu_streams()  # 1 on a GPU: no split, one batch per round
+    lengths = [9, 3, 7, 5, 4]
+    assert [len(r) for r in tiny_model.rounds(lengths, 1)] == [n] * (5 // n) + [1] * (5 % n)
+    assert sorted(i for r in tiny_model.rounds(lengths, 2) for i in r) == list(range(5))
+    assert max(len(r) for r in tiny_model.rounds(lengths, 2)) == 2 * n
+    monkeypatch.setenv(STREAMS_ENV, "1")
+    assert [len(r) for r in tiny_model.rounds(lengths, 2)] == [2, 2, 1]
+
+
 def test_cpu_streams_are_shared_and_capped(monkeypatch):
     from phasegpt.api import MAX_STREAMS, _streams
 

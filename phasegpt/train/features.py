@@ -24,7 +24,6 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
-from phasegpt.api import batches
 from phasegpt.head import pool
 from phasegpt.paths import user_dir
 from phasegpt.train.data import Example
@@ -62,7 +61,7 @@ def extract(model, examples: Sequence[Example], layers: Sequence[int], *, batch_
                 cached = dict(zip(z["keys"].tolist(), z["feats"]))
         except (OSError, ValueError, KeyError):
             cached = {}  # a damaged cache is only a cache: recompute
-    todo = list({k: e for k, e in zip(keys, examples) if k not in cached}.items())  # batches() orders by length
+    todo = list({k: e for k, e in zip(keys, examples) if k not in cached}.items())  # model.rounds() orders by length
     if todo:
         encoded = [(k, model.encode(e.prompt, e.context)) for k, e in todo]
         save = (lambda: _save(path, cached)) if use_cache else (lambda: None)
@@ -77,7 +76,7 @@ def _run(model, encoded, layers, batch_size, out, progress, save) -> None:
     last_save = time.monotonic()
     bar = click.progressbar(length=len(encoded), label="extracting features", file=sys.stderr) if progress else None
     try:
-        for idx in batches([len(ids) for _, ids in encoded], batch_size):
+        for idx in model.rounds([len(ids) for _, ids in encoded], batch_size):
             chunk = [encoded[i] for i in idx]
             feats = [pool(hidden, tuple(layers), "last+mean", lengths, model.span)  # (B, L*2*D) per part
                      for _, hidden, lengths in model.prefill([ids for _, ids in chunk], layers)]
