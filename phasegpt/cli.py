@@ -145,7 +145,8 @@ def run(prompt, model_, adapter, head, dtype, contexts, max_tokens, temp, top_p,
 @click.argument("input_file", metavar="INPUT.jsonl", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @model_options
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Write JSONL here (default stdout).")
-@click.option("--batch-size", default=16, show_default=True, help="Prompts per forward pass.")
+@click.option("--batch-size", default=16, show_default=True,
+              help="Prompts per forward step (on the CPU split over the cores, at least one prompt each).")
 @click.option("--audit/--no-audit", default=None, help="Write every verdict to the audit log.")
 def classify(input_file, model_, adapter, head, dtype, output, batch_size, audit):
     """Verdicts for every line of INPUT.jsonl ({"prompt": ..., "context": ...}), prefill only.
@@ -156,12 +157,17 @@ def classify(input_file, model_, adapter, head, dtype, output, batch_size, audit
     Example:
       phasegpt classify requests.jsonl -o verdicts.jsonl
     """
+    from phasegpt.api import cpu_streams
+
     rows = _read_rows(input_file)
     model = load_model(model_, adapter, head, dtype, _audit(audit))
     out_rows = []
     with click.progressbar(length=len(rows), label="classifying", file=sys.stderr) as bar:
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start:start + batch_size]
+        # a few forward steps per progress update: classify sorts by length and splits over the cores
+        # within each call, so a call must hold more than one step's prompts
+        step = 8 * max(batch_size, cpu_streams())
+        for start in range(0, len(rows), step):
+            chunk = rows[start:start + step]
             verdicts = model.classify([r["prompt"] for r in chunk], contexts=[r.get("context") for r in chunk],
                                       batch_size=batch_size)
             out_rows += [{**r, "verdict": v.to_dict()} for r, v in zip(chunk, verdicts)]

@@ -33,7 +33,8 @@ def _examples(paths: tuple[Path, ...]):
 @click.option("--kind", default="linear", show_default=True, type=click.Choice(["linear", "mlp"]),
               help="linear: softmax regression solved with L-BFGS; mlp: one hidden layer of 256 (the shipped head).")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--batch-size", default=16, show_default=True, help="Prompts per forward pass.")
+@click.option("--batch-size", default=16, show_default=True,
+              help="Prompts per forward step of feature extraction (on the CPU split over the cores).")
 @click.option("--cap", type=int, help="At most N training/dev rows per (source, category, label, split), chosen by hash.")
 @click.option("--max-tokens", type=int, help="Skip training/dev prompts longer than this many tokens.")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the feature cache.")

@@ -111,9 +111,13 @@ def check_template(template: str) -> None:
     except ValueError as e:  # a lone "{" or "}"
         raise ValueError(f"the RAG template {template!r} is not a format string ({e}); write a literal brace as {{{{ or }}}}") from None
     for field, spec, conversion in parsed:
-        if field not in ("documents", "question") or spec or conversion:
+        if field not in ("documents", "question"):
             raise ValueError(f"the RAG template {template!r} has the field {{{field}}}; it may only use "
-                             "{documents} and {question}, plainly")
+                             "{documents} and {question}")
+        if spec or conversion:
+            written = "{" + field + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+            raise ValueError(f"the RAG template {template!r} has {written}: write plain {{{field}}}, "
+                             "without a conversion or format spec")
     if not {"documents", "question"} <= {field for field, _, _ in parsed}:
         raise ValueError(f"the RAG template {template!r} must contain both {{documents}} and {{question}}")
 

@@ -46,15 +46,17 @@ def test_classify_split_over_cpu_streams_equals_one_at_a_time(tiny_dir, tmp_path
         assert max(abs(a.probs[k] - b.probs[k]) for k in LABELS) < 1e-4
 
 
-def test_rounds_give_each_stream_a_whole_batch(tiny_model, monkeypatch):
+def test_rounds_keep_every_stream_busy(tiny_model, monkeypatch):
     monkeypatch.setenv(STREAMS_ENV, "2")
     n = cpu_streams()  # 1 on a GPU: no split, one batch per round
     lengths = [9, 3, 7, 5, 4]
     assert [len(r) for r in tiny_model.rounds(lengths, 1)] == [n] * (5 // n) + [1] * (5 % n)
-    assert sorted(i for r in tiny_model.rounds(lengths, 2) for i in r) == list(range(5))
-    assert max(len(r) for r in tiny_model.rounds(lengths, 2)) == 2 * n
+    assert [len(r) for r in tiny_model.rounds(lengths, 4)] == [4, 1]  # batch_size >= streams: as given
+    assert sorted(i for r in tiny_model.rounds(lengths, 1) for i in r) == list(range(5))
+    parts = tiny_model.prefill([[1, 5, 6], [1, 7, 8, 9]], (0,))  # a round of two at batch_size=1
+    assert [len(part) for part, _, _ in parts] == ([1, 1] if n == 2 else [2])
     monkeypatch.setenv(STREAMS_ENV, "1")
-    assert [len(r) for r in tiny_model.rounds(lengths, 2)] == [2, 2, 1]
+    assert [len(r) for r in tiny_model.rounds(lengths, 1)] == [1] * 5
 
 
 def test_cpu_streams_are_shared_and_capped(monkeypatch):
@@ -87,10 +89,10 @@ def test_verdict_fields(tiny_model):
 def test_rag_evidence_is_the_callers_words_not_the_template(tiny_model):
     # the template alone has ~25 words; with only the caller's five to choose from, a random head
     # would almost never pick its three from them unless the template's words are kept out
-    ctx = [{"id": "kb-7", "text": "Paris hosts museums."}]
-    callers = {"paris", "hosts", "museums", "capital", "documents"}
-    for v in tiny_model.classify(["Capital per documents?"], contexts=[ctx]) + [
-            tiny_model.generate("Capital per documents?", context=ctx, max_tokens=2).verdict]:
+    question, ctx = "Capital city museums?", [{"id": "kb-7", "text": "Paris hosts museums."}]
+    callers = {"capital", "city", "museums", "paris", "hosts"}
+    for v in tiny_model.classify([question], contexts=[ctx]) + [
+            tiny_model.generate(question, context=ctx, max_tokens=2).verdict]:
         assert v.evidence and {e.lower() for e in v.evidence} <= callers, v.evidence
 
 
@@ -98,10 +100,14 @@ def test_callers_words_are_told_apart_by_position():
     from phasegpt.api import _callers
     from phasegpt.prompting import user_segments
 
-    segs = user_segments("which question?", "Documents: none.", template="{documents}\nQuestion: {question}")
-    words = [(w, [i]) for i, w in enumerate(["Documents", "none", "Question", "which", "question"])]
-    assert [w for w, _ in _callers(words, segs)] == ["Documents", "none", "which", "question"]
-    assert _callers(words, user_segments("Question and Documents")) == words  # no documents: all the caller's
+    segs = user_segments("Question: which documents?", [{"id": "a", "text": "Documents list none."}],
+                         template="{documents}\nQuestion: {question}")
+    text = "[Document 1 (a)]\nDocuments list none.\nQuestion: Question: which documents?"
+    assert "".join(t for t, _ in segs) == text
+    words = "Document 1 a Documents list none Question Question which documents".split()
+    kept = _callers([(w, [i]) for i, w in enumerate(words)], segs)
+    assert [i for _, (i,) in kept] == [3, 4, 5, 7, 8, 9]  # the template's "Question" (6) is not the caller's
+    assert _callers([("Question", [0])], user_segments("Question and Documents")) == [("Question", [0])]
 
 
 def test_system_prompt_is_template_not_content(tiny_dir, tmp_path):
@@ -176,7 +182,8 @@ def test_bad_input(tiny_model):
 @pytest.mark.parametrize("template, problem", [("{documents} {foo} {question}", "field {foo}"),
                                                ("Only {question}", "both {documents} and {question}"),
                                                ("{documents} {question} }", "not a format string"),
-                                               ("{documents!r} {question}", "plainly")])
+                                               ("{documents!r} {question}", "{documents!r}: write plain"),
+                                               ("{documents} {question:>9}", "{question:>9}: write plain")])
 def test_bad_rag_template_fails_at_load(tiny_dir, template, problem):
     with pytest.raises(ValueError, match=re.escape(problem)):
         phasegpt.load(tiny_dir, template=template)

@@ -47,7 +47,7 @@ def extract(model, examples: Sequence[Example], layers: Sequence[int], *, batch_
         model: a ``phasegpt.Model``.
         examples: labelled or unlabelled examples (prompt and context are used).
         layers: candidate layers (block indices).
-        batch_size: prompts per forward pass.
+        batch_size: prompts per forward step (``Model.rounds``).
         use_cache: read and extend the on-disk cache.
         progress: show a progress bar on stderr.
     """
