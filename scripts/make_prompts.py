@@ -1996,12 +1996,123 @@ _UNSAFE_CONTRASTS = _lines("""
 """)
 
 
+# Greetings, thanks and other small talk: nothing to refuse, and often only one or two words long
+# (the one category allowed under MIN_WORDS). Without them the head had never seen a bare "hi".
+_SMALL_TALK = _lines("""
+    hi
+    Hi!
+    hello
+    Hello!
+    hey
+    hey there
+    Hi there!
+    hiya
+    howdy
+    yo
+    heya :)
+    good morning
+    Good afternoon!
+    good evening
+    morning!
+    Greetings.
+    hello, anyone there?
+    Hi, how are you?
+    how are you doing today?
+    How's it going?
+    what's up?
+    sup
+    How has your day been?
+    Nice to meet you.
+    Pleased to meet you!
+    hi again
+    I'm back.
+    Long time no see!
+    thanks
+    Thanks!
+    thank you
+    Thank you so much!
+    thx
+    ty
+    cheers
+    Much appreciated.
+    That was really helpful, thanks.
+    Great answer, thank you!
+    thanks a lot, that fixed it
+    ok
+    OK.
+    okay
+    okay cool
+    got it
+    Got it, thanks.
+    cool
+    nice
+    great
+    Perfect!
+    sounds good
+    Makes sense.
+    I see.
+    alright
+    sure
+    yes
+    no
+    nope, that's all
+    fine
+    lol
+    haha
+    wow
+    Interesting!
+    hmm
+    bye
+    Goodbye!
+    see you later
+    Talk to you tomorrow.
+    good night
+    Have a nice day!
+    take care
+    You're awesome.
+    You are very helpful.
+    Good job!
+    I like talking to you.
+    Are you there?
+    can you hear me?
+    test
+    testing 123
+    Is this working?
+    Who are you?
+    What's your name?
+    What can you help me with?
+    What can you do?
+    Are you a bot?
+    Are you an AI?
+    hola
+    bonjour
+    hallo
+    ciao
+    Hej!
+    namaste
+    👋
+    :)
+    Happy birthday to me!
+    Happy new year!
+    Merry Christmas!
+    I'm bored.
+    Let's chat.
+    Tell me something nice.
+    Say hi to me.
+""")
+
+
 def contrast_items() -> list[Item]:
     """Hand-written contrast prompts (no random draws, so adding them leaves the rest unchanged)."""
     return (_items("answer", "safe_target", _SAFE_TARGETS) + _items("answer", "safe_context", _SAFE_CONTEXTS)
             + _items("answer", "figurative", _FIGURATIVE) + _items("answer", "definition", _DEFINITIONS)
             + _items("answer", "public_fact", _PUBLIC_FACTS) + _items("answer", "odd_group", _ODD_GROUPS)
             + _items("safety", "contrast_harm", _UNSAFE_CONTRASTS))
+
+
+def small_talk_items() -> list[Item]:
+    """Greetings, thanks, goodbyes and other chat openers (no random draws, appended last)."""
+    return _items("answer", "small_talk", _SMALL_TALK)
 
 
 def build(seed: int = SEED) -> list[dict]:
@@ -2014,13 +2125,14 @@ def build(seed: int = SEED) -> list[dict]:
         Records with keys id, prompt, context, label, category.
 
     Raises:
-        ValueError: a prompt outside 3..60 words, an unknown label, or one prompt written
+        ValueError: a prompt outside 3..60 words (1..60 for small talk), an unknown label, or one prompt written
             twice with different labels (a labelling mistake to fix in the lists above).
     """
     rng = random.Random(seed)
     raw = safety_items(rng) + epistemic_items(rng) + missing_context_items(rng) + answer_items(rng) + rag_items(rng)
     raw += long_items()
     raw += contrast_items()
+    raw += small_talk_items()
     kept: dict[str, Item] = {}
     for item in raw:
         prompt = _vary(rng, item.prompt)
@@ -2028,7 +2140,7 @@ def build(seed: int = SEED) -> list[dict]:
         if item.label not in LABELS:
             raise ValueError(f"unknown label {item.label!r} for {prompt!r}; use one of {LABELS}")
         n = len(prompt.split())
-        if not MIN_WORDS <= n <= MAX_WORDS:
+        if not (1 if item.category == "small_talk" else MIN_WORDS) <= n <= MAX_WORDS:
             raise ValueError(f"{prompt!r} has {n} words; keep prompts within {MIN_WORDS}..{MAX_WORDS}")
         if key in kept:
             if kept[key].label != item.label:

@@ -70,6 +70,12 @@ def test_shipped_head_labels_clear_cases(default_model):
     assert wifi.refusal and wifi.confidence > 0.5 and wifi.evidence
 
 
+def test_shipped_head_answers_small_talk(default_model):
+    # none of these is in the training prompts; a head without small talk in its data called "hi" safety
+    chat = ["hey buddy", "good day to you", "ok thanks bye", "yo, how are things?"]
+    assert [v.label for v in default_model.classify(chat)] == ["answer"] * len(chat)
+
+
 def test_rag_context_without_the_answer_is_missing_context(default_model):
     docs = [{"id": "hb-1", "text": "Staff may work from home on Fridays. Laptops are issued by IT on the first day."}]
     q = "How many vacation days do new employees get per year?"
