@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from phasegpt.audit import AuditLog, AuditRecord
-from phasegpt.audit_migrations import GENESIS, MIGRATIONS, record_hash, row_to_fields
+from phasegpt.audit.migrations import GENESIS, MIGRATIONS, record_hash, row_to_fields
 from phasegpt.errors import AuditError
 from phasegpt.verdict import LABELS, Tag, Verdict
 
@@ -463,7 +463,7 @@ def _forge_after(db: sqlite3.Connection, template_id: str, new_id: str, prev: sq
 
 
 def _insert(db: sqlite3.Connection, fields: dict, seq: int | None = None) -> None:
-    from phasegpt.audit_migrations import FIELDS, fields_to_row
+    from phasegpt.audit.migrations import FIELDS, fields_to_row
 
     cols = ", ".join(("seq", *FIELDS, "hash"))
     db.execute(

@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from phasegpt.audit import AuditLog
-from phasegpt.audit_migrations import GENESIS, record_hash
-from phasegpt.cli_audit import audit
+from phasegpt.audit.migrations import GENESIS, record_hash
+from phasegpt.cli.audit import audit
 from phasegpt.verdict import LABELS, Verdict
 
 RECORD_KEYS = {

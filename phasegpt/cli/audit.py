@@ -1,6 +1,6 @@
 """``phasegpt audit``: read, export and verify the audit log from the terminal.
 
-A click group of its own; ``phasegpt/cli.py`` attaches it with ``cli.add_command(audit)``.
+A click group of its own; ``phasegpt/cli/__init__.py`` attaches it with ``cli.add_command(audit)``.
 Every command takes ``--db PATH`` to read another log than ``$PHASEGPT_HOME/audit.db``;
 library errors become one-line ``click.ClickException`` messages.
 """

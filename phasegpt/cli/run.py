@@ -1,8 +1,4 @@
-"""The ``phasegpt`` command: run, classify, train-head, train-adapter, eval, audit, doctor.
-
-Every command is a thin layer over the Python API. Library errors become one-line
-messages with a non-zero exit (``--debug`` shows the traceback instead).
-"""
+"""``phasegpt run``, ``classify`` and ``doctor``: the load -> tap -> classify half over the Python API."""
 
 from __future__ import annotations
 
@@ -14,42 +10,7 @@ from pathlib import Path
 
 import click
 
-from phasegpt import __version__, cli_options
-from phasegpt.cli_options import load_model, model_options
-from phasegpt.errors import PhasegptError
-
-EXPECTED = (PhasegptError, ValueError, FileNotFoundError, OSError)
-
-
-class Group(click.Group):
-    """Turns the library's precise exceptions into one-line click errors."""
-
-    def main(self, args=None, *a, **kw):
-        cli_options.ARGV[:] = sys.argv[1:] if args is None else args  # recorded in head.json / reports
-        return super().main(args, *a, **kw)
-
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except EXPECTED as e:
-            if (ctx.obj or {}).get("debug") or isinstance(e, click.ClickException):
-                raise
-            msg = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
-            raise click.ClickException(msg or e.__class__.__name__) from None
-
-
-@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="phasegpt")
-@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
-@click.pass_context
-def cli(ctx: click.Context, debug: bool) -> None:
-    """Why does a local LLM refuse? Verdicts from an activation tap, in the same MLX forward pass.
-
-    \b
-    Example:
-      phasegpt run "How do I hack my neighbour's wifi?"
-    """
-    ctx.obj = {"debug": debug}
+from phasegpt.cli.options import load_model, model_options
 
 
 def _audit(enabled: bool | None):
@@ -95,7 +56,7 @@ def _read_contexts(files: tuple[Path, ...]) -> list[dict] | None:
     return docs or None
 
 
-@cli.command()
+@click.command()
 @click.argument("prompt", required=False)
 @model_options
 @click.option("--context", "-c", "contexts", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -141,7 +102,7 @@ def run(prompt, model_, adapter, head, dtype, contexts, max_tokens, temp, top_p,
     click.echo()
 
 
-@cli.command()
+@click.command()
 @click.argument("input_file", metavar="INPUT.jsonl", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @model_options
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Write JSONL here (default stdout).")
@@ -211,7 +172,7 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
-@cli.command()
+@click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def doctor(as_json):
     """Platform, MLX version and device, the active BLAS and a measured GFLOP/s.
@@ -224,19 +185,3 @@ def doctor(as_json):
 
     d = report()
     click.echo(json.dumps(d, indent=2, default=str) if as_json else format_report(d))
-
-
-def _attach() -> None:
-    from phasegpt.cli_audit import audit
-    from phasegpt.cli_train import eval_, train_adapter, train_head
-
-    for cmd in (train_head, train_adapter, eval_, audit):
-        cli.add_command(cmd)
-
-
-_attach()
-
-
-def main() -> None:
-    """Console-script entry point."""
-    cli(prog_name="phasegpt")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from phasegpt.cli_options import command_line, load_model, model_options
+from phasegpt.cli.options import command_line, load_model, model_options
 
 DATA_HELP = "Labelled JSONL (prompt, label, optional context/split/source); repeat to combine files."
 

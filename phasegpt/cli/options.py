@@ -1,4 +1,4 @@
-"""Options and helpers shared by the CLI modules (kept apart so cli.py and cli_train.py import it, not each other)."""
+"""Options and helpers shared by the CLI modules (kept apart so the command modules import it, not each other)."""
 
 from __future__ import annotations
 

@@ -7,8 +7,8 @@ deleted, inserted, moved, or cut off the end. Prompts and documents are stored a
 HMAC-SHA256 under a per-log secret key (``audit.key`` beside the database); their
 text only with ``store_text=True``. Many processes may write to one log at once.
 
-Schema migrations and the record hash live in ``phasegpt.audit_migrations``; what
-reads return (records, stats, the chain walk behind ``verify()``) in ``phasegpt.audit_verify``.
+Schema migrations and the record hash live in ``phasegpt.audit.migrations``; what
+reads return (records, stats, the chain walk behind ``verify()``) in ``phasegpt.audit.verify``.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from phasegpt import audit_migrations as fmt
-from phasegpt.audit_verify import (
+from phasegpt.audit import migrations as fmt
+from phasegpt.audit.verify import (
     AuditRecord,
     VerifyResult,
     record_from_row,

@@ -6,7 +6,7 @@ that ``records()`` and ``stats()`` turn into SQL, the decoding of a row into an
 ``AuditRecord``, the ``stats()`` summary, and ``walk``, which re-hashes every record and
 follows the hash chain to name the first record that was edited, deleted, inserted,
 moved or cut off the end.
-The record hash itself lives in ``phasegpt.audit_migrations`` (it is a storage promise).
+The record hash itself lives in ``phasegpt.audit.migrations`` (it is a storage promise).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from phasegpt.audit_migrations import GENESIS, record_hash, row_to_fields
+from phasegpt.audit.migrations import GENESIS, record_hash, row_to_fields
 from phasegpt.errors import AuditError
 from phasegpt.verdict import LABELS, REFUSALS
 

@@ -8,7 +8,7 @@ for the same fields, or every existing chain would stop verifying.
 Migrations run in order inside one write transaction, each recorded by name in the
 ``_migrations`` table (as simonw/llm does), so reopening a log is idempotent and
 many processes may open the same new log at once. ``phasegpt.audit`` is the API;
-``phasegpt.audit_verify`` walks the chain these hashes form.
+``phasegpt.audit.verify`` walks the chain these hashes form.
 """
 
 from __future__ import annotations
