@@ -82,6 +82,9 @@ class Verdict:
         head_sha256: SHA-256 of the head's weights file ("" when source is "tag").
         adapter_sha256: SHA-256 of the LoRA adapter weights, or None.
         thresholds: per-class thresholds the head applied.
+        ood: how far the request lies from everything the head was trained on, in units of the
+            distance that 99% of its dev prompts stay within (above 1: outside what it saw, and
+            ``confidence`` is lowered towards uniform); None when the head has no such statistic.
     """
 
     label: str
@@ -96,6 +99,7 @@ class Verdict:
     head_sha256: str = ""
     adapter_sha256: str | None = None
     thresholds: Mapping[str, float] = field(default_factory=dict)
+    ood: float | None = None
 
     @property
     def refusal(self) -> bool:
