@@ -50,20 +50,29 @@ def test_messages_split_into_history_and_prompt(tmp_path):
 
 @pytest.mark.parametrize(("row", "message"), [
     ({"prompt": "p", "label": "answer", "history": "earlier we talked"}, '"history" must be a list'),
-    ({"prompt": "p", "label": "answer", "history": [{"role": "user"}]}, 'turn 1 must be exactly'),
-    ({"prompt": "p", "label": "answer", "history": [{"role": "system", "content": "be nice"}]}, "role 'system'"),
-    ({"prompt": "p", "label": "answer", "history": [TURNS[1], TURNS[0]]}, "turn 1 is 'assistant' but should be 'user'"),
-    ({"prompt": "p", "label": "answer", "history": [TURNS[0], TURNS[0]]}, "turn 2 is 'user' but should be 'assistant'"),
-    ({"prompt": "p", "label": "answer", "history": TURNS[:1]}, "must end with an assistant turn"),
-    ({"prompt": "p", "label": "answer", "history": [TURNS[0], {"role": "assistant", "content": " "}]}, "turn 2 has no text"),
-    ({"messages": TURNS, "label": "answer"}, '"messages" must end with a user turn'),
-    ({"messages": [], "label": "answer"}, '"messages" is empty'),
+    ({"prompt": "p", "label": "answer", "history": [{"role": "user"}]}, '"history": message 0 .*content must be a string'),
+    ({"prompt": "p", "label": "answer", "history": [{"role": "tool", "content": "42"}]}, "message 0 has role 'tool'"),
+    ({"prompt": "p", "label": "answer", "history": [{"role": "system", "content": "be nice"}]},
+     "a system message cannot be kept on a training row"),
+    ({"prompt": "p", "label": "answer", "history": [TURNS[0], {"role": "system", "content": "x"}]},
+     "only the first message may be one"),
+    ({"messages": TURNS, "label": "answer"}, '"messages": the conversation must end with a user message'),
+    ({"messages": [], "label": "answer"}, '"messages" must be a non-empty list'),
+    ({"messages": [{"role": "system", "content": "x"}, {"role": "user", "content": "y"}], "label": "answer"},
+     "a system message cannot be kept on a training row"),
     ({"messages": [*TURNS, {"role": "user", "content": "x"}], "prompt": "x", "label": "answer"}, "not both"),
 ])
 def test_bad_turns_name_file_and_line(tmp_path, row, message):
     path = _write(tmp_path / "d.jsonl", [{"prompt": "fine", "label": "answer"}, row])
     with pytest.raises(ValueError, match=f"{path}:2: .*{message}"):
         read_jsonl(path)
+
+
+def test_rows_take_what_the_model_takes(tmp_path):
+    # The chat prompt lets user turns follow each other; a training row may too.
+    two_users = [TURNS[0], {"role": "user", "content": "Something with a bike pun?"}]
+    ex = read_jsonl(_write(tmp_path / "d.jsonl", [{"prompt": FOLLOW_UP, "label": "answer", "history": two_users}]))[0]
+    assert ex.history == tuple(two_users) and ex.request[-1] == {"role": "user", "content": FOLLOW_UP}
 
 
 def test_check_history_returns_clean_copies():

@@ -55,6 +55,26 @@ def _item_lines(node: yaml.Node | None) -> list[int]:
     return []
 
 
+def _history(turns: object, where: str) -> tuple[dict[str, str], ...]:
+    """A written conversation: what the model accepts, and also alternating from the user to a last assistant turn."""
+    try:
+        history = check_history(turns)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+    if not 1 <= len(history) <= MAX_TURNS:
+        raise ValueError(f"{where}: history has {len(history)} turns; give 1..{MAX_TURNS} or leave it out")
+    # The model would take two user turns in a row; in a written file they are a slip.
+    for i, turn in enumerate(history, 1):
+        expected = "user" if i % 2 else "assistant"
+        if turn["role"] != expected:
+            raise ValueError(f"{where}: history turn {i} is {turn['role']!r} but should be {expected!r}: "
+                             "turns alternate, starting with the user")
+        _words(turn["content"], f"{where}: history turn {i}")
+    if history[-1]["role"] != "assistant":
+        raise ValueError(f"{where}: history must end with an assistant turn (the prompt is the next user turn)")
+    return tuple({"role": t["role"], "content": t["content"].strip()} for t in history)
+
+
 def _item(raw: object, where: str, lang: str, stem: str) -> Item:
     it = mapping(raw, where, ["label", "category", "prompt"], ["pair", "history"])
     if it["label"] not in LABELS:
@@ -65,16 +85,7 @@ def _item(raw: object, where: str, lang: str, stem: str) -> Item:
     pair = it.get("pair")
     if pair is not None and (not isinstance(pair, str) or not pair.strip()):
         raise ValueError(f"{where}: pair {pair!r} must be text such as mi-001 (quote numbers)")
-    history = ()
-    if "history" in it:
-        try:
-            history = tuple({"role": t["role"], "content": t["content"].strip()} for t in check_history(it["history"]))
-        except ValueError as e:
-            raise ValueError(f"{where}: {e}") from None
-        if not 1 <= len(history) <= MAX_TURNS:
-            raise ValueError(f"{where}: history has {len(history)} turns; give 1..{MAX_TURNS} or leave it out")
-        for i, turn in enumerate(history, 1):
-            _words(turn["content"], f"{where}: history turn {i}")
+    history = _history(it["history"], where) if "history" in it else ()
     # Pair ids are unique within a file only; the file's name makes them unique in the output.
     return Item(prompt, it["label"], cat, lang=lang, history=history,
                 pair=None if pair is None else f"{stem}:{pair}", where=where)

@@ -15,9 +15,9 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from phasegpt.prompting import Context, normalize_context
+from phasegpt.prompting import Context, conversation, normalize_context
 from phasegpt.verdict import LABELS
 
 BUNDLED = Path(__file__).resolve().parents[1] / "data" / "prompts.jsonl"
@@ -33,55 +33,45 @@ class Example:
     source: str = ""
     split: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
-    history: tuple[dict[str, str], ...] = ()  # earlier turns, oldest first; ends with an assistant turn
+    history: tuple[dict[str, str], ...] = ()  # earlier turns of a conversation, OpenAI-style
+
+    @property
+    def request(self) -> str | list[dict[str, str]]:
+        """What the model is given: the prompt, or the conversation ending with it."""
+        return [*map(dict, self.history), {"role": "user", "content": self.prompt}] if self.history else self.prompt
 
     @property
     def key(self) -> str:
-        """Stable id of the text (prompt, documents, history), used to deduplicate and cache."""
+        """Stable id of the text (prompt, documents and any history), used to deduplicate and cache."""
         docs = [(d.id, d.text) for d in normalize_context(self.context)]
         parts: list[Any] = [self.prompt, docs]
-        if self.history:  # only then, so keys (and feature caches) of single-turn rows stay as they were
-            parts.append([(t["role"], t["content"]) for t in self.history])
+        if self.history:  # plain prompts keep the keys they always had
+            parts.append([[m["role"], m["content"]] for m in self.history])
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:24]
 
 
-def check_history(turns: Any, *, ends_with: Literal["user", "assistant"] = "assistant",
-                  what: str = "history") -> tuple[dict[str, str], ...]:
-    """Validate OpenAI-style turns: ``{"role": "user" | "assistant", "content": str}``, alternating from a user turn.
+def check_history(turns: Any, *, what: str = "history") -> tuple[dict[str, str], ...]:
+    """Earlier turns of a conversation, checked by the rules the model's chat prompt applies.
 
     Args:
-        turns: the list to check.
-        ends_with: the role of the last turn: ``"assistant"`` for a history (the prompt is
-            the next user turn), ``"user"`` for a whole conversation.
+        turns: a list of ``{"role": "user" | "assistant", "content": str}``, oldest first.
         what: the field's name, for the error message.
 
     Returns:
         The turns as new dicts with exactly ``role`` and ``content``.
 
     Raises:
-        ValueError: what is wrong and with which turn (the caller adds the location).
+        ValueError: what is wrong and with which message (the caller adds the location).
     """
     if not isinstance(turns, list):
         raise ValueError(f"\"{what}\" must be a list of {{\"role\", \"content\"}} turns, got {type(turns).__name__}")
-    out = []
-    for i, turn in enumerate(turns, 1):
-        expected = "user" if i % 2 else "assistant"
-        if not isinstance(turn, dict) or set(turn) != {"role", "content"}:
-            raise ValueError(f"\"{what}\" turn {i} must be exactly {{\"role\", \"content\"}}, got {turn!r}")
-        if turn["role"] not in ("user", "assistant"):
-            raise ValueError(f"\"{what}\" turn {i} has role {turn['role']!r}; use \"user\" or \"assistant\"")
-        if turn["role"] != expected:
-            raise ValueError(f"\"{what}\" turn {i} is {turn['role']!r} but should be {expected!r}: "
-                             "turns alternate, starting with the user")
-        if not isinstance(turn["content"], str) or not turn["content"].strip():
-            raise ValueError(f"\"{what}\" turn {i} has no text (\"content\" must be a non-empty string)")
-        out.append({"role": turn["role"], "content": turn["content"]})
-    if not out and ends_with == "user":
-        raise ValueError(f"\"{what}\" is empty; it needs at least the user turn to label")
-    if out and out[-1]["role"] != ends_with:
-        why = "the prompt is the next user turn" if ends_with == "assistant" else "the last turn is the request to label"
-        raise ValueError(f"\"{what}\" must end with {'a user' if ends_with == 'user' else 'an assistant'} turn ({why})")
-    return tuple(out)
+    try:
+        system, history, _ = conversation([*turns, {"role": "user", "content": "?"}])
+    except ValueError as e:
+        raise ValueError(f"\"{what}\": {e}") from None
+    if system is not None:
+        raise ValueError(f"\"{what}\": a system message cannot be kept on a training row; drop it")
+    return tuple(history)
 
 
 def read_jsonl(path: str | Path, *, skip_other: bool = True, require_label: bool = True) -> list[Example]:
@@ -140,9 +130,16 @@ def _conversation(row: dict) -> tuple[dict, tuple[dict[str, str], ...]]:
         return row, () if history is None else check_history(history)
     if "prompt" in row or "history" in row:
         raise ValueError("give either \"messages\" or \"prompt\" (with an optional \"history\"), not both")
-    turns = check_history(row["messages"], ends_with="user", what="messages")
-    row = {k: v for k, v in row.items() if k != "messages"}
-    return {**row, "prompt": turns[-1]["content"]}, turns[:-1]
+    messages = row["messages"]
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("\"messages\" must be a non-empty list of {\"role\", \"content\"} turns ending with the user's")
+    try:
+        system, history, prompt = conversation(messages)
+    except ValueError as e:
+        raise ValueError(f"\"messages\": {e}") from None
+    if system is not None:
+        raise ValueError("\"messages\": a system message cannot be kept on a training row; drop it")
+    return {**{k: v for k, v in row.items() if k != "messages"}, "prompt": prompt}, tuple(history)
 
 
 def check_labels(examples: Iterable[Example], what: str = "training data") -> None:
