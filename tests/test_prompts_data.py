@@ -208,6 +208,7 @@ items:
                                    {"role": "assistant", "content": "Keep rolling: repairs while you wait."}]
     assert long_input["prompt"].endswith("gone.") and long_input["prompt"].count("\n") == 3 and set(long_input) == KEYS
     assert rows[-1]["lang"] == "ru" and rows[-1]["prompt"] == "Привет, как дела?"
+    assert stats(rows).endswith(f"Languages: en ({len(rows) - 1}), ru (1); with a history: 1; pairs: 1.")
     # The builder's output is what read_jsonl expects.
     out = tmp_path / "prompts.jsonl"
     out.write_text(to_jsonl(rows), encoding="utf-8")

@@ -161,8 +161,8 @@ def stats(records: Sequence[Mapping]) -> str:
     langs = Counter(r.get("lang", "en") for r in records)
     if len(langs) > 1 or any("history" in r or "pair" in r for r in records):
         lines.append(f"Languages: {', '.join(f'{k} ({n})' for k, n in langs.most_common())}; "
-                     f"{sum('history' in r for r in records)} items with a history, "
-                     f"{len({r['pair'] for r in records if 'pair' in r})} pairs.")
+                     f"with a history: {sum('history' in r for r in records)}; "
+                     f"pairs: {len({r['pair'] for r in records if 'pair' in r})}.")
     return "\n".join(lines)
 
 
