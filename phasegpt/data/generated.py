@@ -22,8 +22,8 @@ from typing import Any
 
 from phasegpt.data.items import Item, category, fold, load_yaml, mapping, named, strings, text
 
-# Direct asks and framings are assigned to cores with these strides (coprime to the numbers of
-# templates) so each core meets different phrasings and every phrasing is used about equally.
+# Direct asks and framings are assigned to cores with these strides (keep them coprime to the numbers
+# of templates, 18 and 22 now) so each core meets different phrasings and every phrasing is used about equally.
 ASK_STRIDE, FRAMING_STRIDE = 7, 5
 
 
