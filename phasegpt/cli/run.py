@@ -156,7 +156,9 @@ def classify(input_file, model_, adapter, head, dtype, output, batch_size, on_er
         except (RowError, Stopped):
             if w.rank == 0:
                 raise
-            raise SystemExit(1) from None  # every rank found the same: rank 0 says it once
+            # every rank found the same; rank 0 says it and exits 1. Exiting 0 here because mlx.launch
+            # stops all ranks as soon as one fails, which could cut rank 0's message short
+            raise SystemExit(0) from None
         except (PhasegptError, ValueError, OSError) as e:
             if w.rank > 0:  # say which process of the job it was
                 raise click.ClickException(f"rank {w.rank}: {e}") from None

@@ -179,11 +179,13 @@ def eval_(model_, adapter, head, dtype, data, split_, out, batch_size, title, no
     """Score a head on labelled data: accuracy, macro-F1, per-class and per-source tables, calibration.
 
     Features go through the same batched prefill as `classify` and the feature cache, so
-    evaluating again (another head on the same base) is fast.
+    evaluating again (another head on the same base) is fast. Under mlx.launch every process
+    scores a share of the rows (by tokens) and rank 0 reports the metrics over all of them.
 
     \b
     Example:
       phasegpt eval -d ../shared/data/eval.jsonl --split test -o reports/smollm2
+      mlx.launch -n 2 -- phasegpt eval -d ../shared/data/eval.jsonl --split test
     """
 
     from phasegpt.evaluate import evaluate, format_summary, write_report
@@ -194,17 +196,19 @@ def eval_(model_, adapter, head, dtype, data, split_, out, batch_size, title, no
         rows += [e for e in read_jsonl(p, skip_other=False) if split_ == "all" or e.split == split_]
     if not rows:
         raise click.ClickException(f"no rows with split {split_!r} in {', '.join(map(str, data))}")
-    from phasegpt.train.features import predict
+    from phasegpt.distributed import world
     from phasegpt.train.train_head import fitting
 
     model = load_model(model_, adapter, head, dtype)
     rows, too_long = fitting(model, rows)
-    if too_long:
+    if too_long and world().rank == 0:
         click.echo(f"skipped {len(too_long)} rows longer than the model's context: "
                    + ", ".join(str(e.extra.get("id", e.prompt[:30])) for e in too_long), err=True)
     if model.head is None:
         raise click.ClickException("eval needs a head: pass --head (or an --adapter folder holding head.json)")
-    probs, predictions = predict(model, rows, batch_size=batch_size, use_cache=not no_cache)
+    probs, predictions = _predict_shared(model, rows, batch_size, not no_cache)
+    if world().rank != 0:  # under mlx.launch: rank 0 has every rank's predictions and reports
+        return
     result = evaluate([e.label for e in rows], probs, predictions=predictions,
                       sources=[e.source or "unknown" for e in rows],
                       source_labels=[e.extra.get("source_label", e.label) for e in rows])
@@ -214,3 +218,23 @@ def eval_(model_, adapter, head, dtype, data, split_, out, batch_size, title, no
     if out is not None:
         paths = write_report(result, out, title=title, command=command_line())
         click.echo("wrote " + ", ".join(str(p) for p in paths.values()), err=True)
+
+
+def _predict_shared(model, rows, batch_size: int, use_cache: bool):
+    """``predict`` over this process's share of ``rows`` (balanced by tokens over the ranks of an
+    ``mlx.launch`` job), with every rank's results put back in row order on every rank."""
+    import numpy as np
+
+    from phasegpt.distributed import shard_by_tokens, world
+    from phasegpt.train.features import predict
+
+    w = world()
+    if w.size == 1:
+        return predict(model, rows, batch_size=batch_size, use_cache=use_cache)
+    shares = shard_by_tokens([len(model.encode(e.request, e.context)) for e in rows], w.size)
+    mine = [rows[i] for i in shares[w.rank]]
+    probs, labels = predict(model, mine, batch_size=batch_size, use_cache=use_cache, progress=w.rank == 0) \
+        if mine else (np.zeros((0, len(model.head.config.labels))), [])
+    dtype = w.broadcast(str(probs.dtype))  # rank 0 has rows (the longest goes to it): keep its dtype
+    both = w.gather_in_order(shares, [[p, label] for p, label in zip(probs.tolist(), labels)])
+    return np.array([p for p, _ in both], dtype=dtype), [label for _, label in both]

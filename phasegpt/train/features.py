@@ -12,6 +12,7 @@ pooling, another seed, more data) only computes what is new.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -55,13 +56,7 @@ def extract(model, examples: Sequence[Example], layers: Sequence[int], *, batch_
     layers = list(layers)
     keys = [e.key for e in examples]
     path = cache_file(model, layers)
-    cached: dict[str, np.ndarray] = {}
-    if use_cache and path.is_file():
-        try:
-            with np.load(path) as z:
-                cached = dict(zip(z["keys"].tolist(), z["feats"]))
-        except (OSError, ValueError, KeyError):
-            cached = {}  # a damaged cache is only a cache: recompute
+    cached = _load(path) if use_cache else {}
     todo = list({k: e for k, e in zip(keys, examples) if k not in cached}.items())  # model.rounds() orders by length
     if todo:
         encoded = [(k, model.prepare(e.request, e.context)) for k, e in todo]
@@ -97,16 +92,31 @@ def _run(model, encoded, layers, batch_size, out, progress, save) -> None:
             bar.render_finish()
 
 
+def _load(path: Path) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        return {}
+    try:
+        with np.load(path) as z:
+            return dict(zip(z["keys"].tolist(), z["feats"]))
+    except (OSError, ValueError, KeyError):
+        return {}  # a damaged cache is only a cache: recompute
+
+
 def _save(path: Path, cached: dict[str, np.ndarray]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, keys=np.array(list(cached)), feats=np.stack(list(cached.values())))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # Several processes may extend one cache at once (the ranks of an mlx.launch job on one host,
+    # two evals): under a lock, keep what another one saved meanwhile, or the last writer drops it.
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        merged = {**_load(path), **cached}
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, keys=np.array(list(merged)), feats=np.stack(list(merged.values())))
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def predict(model, examples: Sequence[Example], *, batch_size: int = 16, use_cache: bool = True,
