@@ -82,7 +82,7 @@ def test_a_bad_row_is_reported_once_and_nothing_is_written(tiny_args, tmp_path):
 def test_a_lost_rank_stops_the_job_and_a_rerun_resumes_it(tiny_model, tiny_args, tmp_path):
     """Rank 1 is SIGKILLed mid-job (a lost host); rank 0 stops with the resume hint; one process finishes the
     job and the output equals an uninterrupted run's."""
-    n = 400
+    n = 150
     src = write_rows(tmp_path / "in.jsonl", many_rows(n))
     whole, out = tmp_path / "whole.jsonl", tmp_path / "out.jsonl"
     classify_file(src, whole, model=tiny_model, batch_size=1)
@@ -129,35 +129,16 @@ def test_eval_over_two_ranks_reports_the_metrics_of_all_rows(tiny_dir, tiny_mode
                             for row in many_rows(40)))
     head = str(tiny_model.head.save(tmp_path / "head"))
     args = ["eval", "--model", str(tiny_dir), "--head", head, "-d", str(data), "--split", "all"]
-    r = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "one")], catch_exceptions=False)
-    assert r.exit_code == 0, r.output
+    one = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert one.exit_code == 0, one.output
     home = tmp_path / "home-two"  # its own feature cache: the two ranks must compute, not read the one above
-    r = launch(*args, "-o", str(tmp_path / "two"), env={**os.environ, "PHASEGPT_HOME": str(home)})
-    assert "exited with code" not in r.stderr, r.stderr
-    assert r.stdout.count("n=40 (excluded 0)") == 1 and r.stderr.count("wrote ") == 1  # rank 0 reports
-    one, two = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("one", "two"))
-    assert one["n"] == two["n"] == 40
-    _close(one, two)
+    two = launch(*args, env={**os.environ, "PHASEGPT_HOME": str(home)})
+    assert "exited with code" not in two.stderr, two.stderr
+    assert two.stdout.count("n=40 (excluded 0)") == 1  # rank 0 reports, over all rows
+    assert two.stdout == one.stdout  # accuracy, macro-F1, ECE, per class and source (to 3 decimals)
     # both ranks' features landed in the one cache their host shares
     keys = [k for f in (home / "features").glob("*.npz") for k in np.load(f)["keys"].tolist()]
     assert len(set(keys)) == 40
-
-
-def _close(a, b, path="") -> None:
-    """Equal, numbers to 1e-6 (each rank batches its share on its own: float rounding)."""
-    if isinstance(a, dict):
-        assert set(a) == set(b), path
-        for k in a:
-            if k not in ("command", "title"):
-                _close(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, list):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            _close(x, y, f"{path}[{i}]")
-    elif isinstance(a, float):
-        assert abs(a - b) < 1e-6, path
-    else:
-        assert a == b, path
 
 
 def test_shard_by_tokens_balances_tokens_not_rows():
