@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 import time
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
@@ -29,6 +28,7 @@ import numpy as np
 
 from phasegpt import blas
 from phasegpt.batch.journal import Journal, journal_path
+from phasegpt.batch.progress import Progress
 from phasegpt.batch.rows import RowError, Rows
 from phasegpt.distributed import World, world
 from phasegpt.prompting import normalize_context
@@ -85,7 +85,7 @@ def classify_file(input: str | Path, output: str | Path, *, model: Any = None, b
         on_error: ``"fail"``: raise on the first bad row, before anything is classified;
             ``"skip"``: give bad rows an ``error`` (``{"line", "field", "message"}``) instead.
         resume: continue the log of an earlier, stopped run (False: start over).
-        progress: show a progress bar of all ranks' rows on rank 0's stderr.
+        progress: show the rows done over all ranks on rank 0's stderr (``batch.progress``).
         metadata: free-form data written to the audit log with each record (if the model has one).
 
     Returns:
@@ -218,11 +218,11 @@ def _run(w: World, m, rows: Rows, todo: list[list[int]], journal: Journal | None
     streams = w.gather(w.streams())
     slots = [r for r, s in enumerate(streams) for _ in range(s)]  # one per CPU stream of every rank
     steps = [todo[at:at + len(slots)] for at in range(0, len(todo), len(slots))]
-    bar = _Bar(sum(len(b) for b in todo), w.size) if progress and w.rank == 0 else None
+    shown = Progress(sum(len(b) for b in todo), w.size) if progress and w.rank == 0 else None
     # One thread of BLAS per stream, always: a batch's numbers depend on the BLAS's thread count
     # too (measured on OpenBLAS), and the cores are used by the streams (and the ranks) instead.
     single = blas.one_thread() if mx.default_device() == mx.cpu else nullcontext()
-    with single, (bar if bar is not None else nullcontext()):
+    with single, (shown or nullcontext()):
         at, every = 0, 1
         while at < len(steps):
             t0, mine = time.perf_counter(), []
@@ -237,8 +237,8 @@ def _run(w: World, m, rows: Rows, todo: list[list[int]], journal: Journal | None
             every = said[0]["every"]
             if journal is not None:
                 journal.append((i, v) for part in said for i, v in part["done"])
-            if bar is not None:
-                bar.update(sum(len(p["done"]) for p in said), [len(p["done"]) for p in said])
+            if shown is not None:
+                shown.update([len(p["done"]) for p in said])
 
 
 def _every(per_step: float) -> int:
@@ -257,25 +257,3 @@ def _verdicts(m, rows: Rows, batches: list[list[int]], metadata) -> list[tuple[i
     for v, (_, prompt, context) in zip(verdicts, requests):  # before rank 0 logs it: a stop re-records, never loses
         m._record(v, prompt, context, None, per_item, dict(metadata or {}))
     return [(i, v.to_dict()) for i, v in zip((i for b in batches for i in b), verdicts)]
-
-
-class _Bar:
-    """click's progress bar over all ranks' rows, with each rank's count beside it."""
-
-    def __init__(self, total: int, size: int):
-        import click
-
-        self.counts = [0] * size
-        show = (lambda _: " ".join(f"r{r}:{c}" for r, c in enumerate(self.counts))) if size > 1 else None
-        self._bar = click.progressbar(length=total, label="classifying", file=sys.stderr, item_show_func=show)
-
-    def __enter__(self):
-        self._bar.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self._bar.__exit__(*exc)
-
-    def update(self, n: int, per_rank: list[int]) -> None:
-        self.counts = [a + b for a, b in zip(self.counts, per_rank)]
-        self._bar.update(n, None)
