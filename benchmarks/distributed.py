@@ -1,19 +1,27 @@
-"""Rows/s of ``phasegpt.classify_file`` on 1 and 2 processes of this machine, side by side, in one run.
+"""Rows/s and CPU per row of ``phasegpt.classify_file`` on 1 and 2 processes of this machine, side by side.
 
-    python benchmarks/distributed.py                  # SmolLM2, 160 rows, 2 rounds: ~15 min on 2 busy cores
-    python benchmarks/distributed.py --rows 48 --rounds 1 --model tests-tiny-dir   # quick look
+    python benchmarks/distributed.py                  # SmolLM2, 96 rows, 2 rounds
+    python benchmarks/distributed.py --with-launch    # also time the two ranks under mlx.launch
+    python benchmarks/distributed.py --rows 48 --rounds 1 --model TINY_MODEL_DIR --layers 0,2   # quick look
 
 On a 2-core machine the figure that matters is the overhead of processes: two ranks of one CPU
-stream each (``mlx.launch -n 2``, ring backend over loopback) against one process that already
-splits every step over two CPU streams. Each configuration is a fresh process (or pair) that loads
-the model, warms up, waits for its peer and then times ``classify_file`` alone (not the load);
-configurations alternate A B C, C B A, ... and medians are reported. Every run's output must be
-byte-identical to the first one's. Also measured, inside the runs:
+stream each (ring backend over loopback, started with the environment ``mlx.launch`` gives them:
+``MLX_RANK`` and ``MLX_HOSTFILE``) against one process that already splits every step over two CPU
+streams, and one process of one stream (a single core's rate, for the scaling model). Each
+configuration is a fresh process (or pair) that loads the model, warms up, waits for its peer and
+times ``classify_file`` alone; configurations alternate A B C, C B A, ... and medians are reported.
+Every run's output must be byte-identical to the first one's. Reported per configuration:
 
-- time spent in the collectives (``World.gather``: the ranks' verdicts to rank 0 once per step,
-  and the small set-up exchanges), including the wait for the slower rank: the synchronisation cost;
-- for the 1-process run, ``Model.classify`` on the same rows in the same process, to show what
-  the file path (tokenising twice, the log, the merge) costs over the plain API.
+- rows/s (wall) and the ranks' CPU milliseconds per row (``time.process_time`` summed over the
+  ranks): on a machine whose other jobs take most of the cores, wall time says more about the
+  scheduler than about phasegpt, and CPU per row is the overhead itself;
+- the share of time inside the collectives (``World.gather``: the verdicts to rank 0 every ~2 s of
+  work, and the set-up exchanges), which includes waiting for the slower rank;
+- for the 1-process run, ``Model.classify`` on the same rows in the same process.
+
+Then, for the scaling model: the CPU cost per row of the serial parts of a job (every rank reads and
+hashes the whole input; rank 0 logs and merges) on a larger file, the all-gather's wall time and
+CPU at a few payload sizes, and the CPU ``mlx.launch`` itself uses around two idle ranks.
 
 Rows are ``common.synthetic_prompts`` (made-up, realistic length spread, ~10% with a document).
 """
@@ -36,19 +44,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (sets PHASEGPT_HOME to a temp dir and imports phasegpt before mlx)
 from common import median, spread, table  # noqa: E402
 
+import phasegpt  # noqa: E402
+
 HERE = Path(__file__).resolve()
 CONFIGS = {  # name: (processes, how they start, PHASEGPT_CPU_STREAMS for each or None for the default)
     "1 process x 2 streams": (1, None, None),
-    "2 processes x 1 stream, mlx.launch": (2, "launch", None),
     "2 processes x 1 stream, ring env": (2, "env", None),
     "1 process x 1 stream": (1, None, "1"),
 }
+LAUNCHED = "2 processes x 1 stream, mlx.launch"  # with --with-launch (its cost is the launcher's own CPU)
 BASE, TWO = "1 process x 2 streams", "2 processes x 1 stream, ring env"
 
 
 def worker(args) -> None:
     """One rank of one timed run (started by ``main``, alone or under ``mlx.launch``)."""
-    import phasegpt
     from phasegpt.batch import classify
     from phasegpt.distributed import World, world
 
@@ -84,6 +93,67 @@ def worker(args) -> None:
         print("RESULT " + json.dumps(result), flush=True)
 
 
+def serial_costs(model, tmp: Path, n: int) -> dict[str, float]:
+    """Microseconds per row of the parts of a job that do not shrink with more processes (reading,
+    hashing and splitting the input on every rank; logging and merging on rank 0), and of the parts
+    that are shared out (checking a row, counting its tokens), for the scaling model."""
+    from phasegpt.batch.journal import Journal
+    from phasegpt.batch.rows import Rows
+
+    path = tmp / "serial.jsonl"
+    path.write_text("".join(json.dumps({"id": k, "prompt": p, "context": c}) + "\n"
+                            for k, (p, c) in enumerate(common.synthetic_prompts(n, seed=1))))
+    verdict = model.classify(["a verdict to log"])[0].to_dict()
+    out, clock = {}, time.process_time  # CPU time: the machine's other jobs stretch wall time
+    t0 = clock()
+    rows = Rows(path)
+    out["read, hash, find the lines (every rank, every row)"] = clock() - t0
+    t0 = clock()
+    requests = [rows.request(i) for i in range(len(rows))]
+    out["check a row (shared out)"] = clock() - t0
+    t0 = clock()
+    for _, prompt, context in requests:
+        model.prepare(prompt, context)
+    out["tokenize a row (shared out; again when it is classified)"] = clock() - t0
+    log = Journal(tmp / "serial.out.partial", {"x": 1}, len(rows), resume=False)
+    t0 = clock()
+    for at in range(0, len(rows), 64):
+        log.append((i, verdict) for i in range(at, min(at + 64, len(rows))))
+    out["log a verdict (rank 0)"] = clock() - t0
+    t0 = clock()
+    log.merge(rows, {}, tmp / "serial.out")
+    out["merge into the output (rank 0, at the end)"] = clock() - t0
+    rows.close()
+    return {k: 1e6 * v / n for k, v in out.items()}
+
+
+def collectives_worker() -> None:
+    """Time ``World.gather_bytes`` (all-gather of a payload from each rank) at a few sizes."""
+    from phasegpt.distributed import world
+
+    w = world()
+    out = {}
+    for size in (1_000, 64_000, 1_000_000):
+        data = b"x" * size
+        w.gather_bytes(data)
+        t0, c0 = time.perf_counter(), time.process_time()
+        for _ in range(20):
+            w.gather_bytes(data)
+        out[str(size)] = [(time.perf_counter() - t0) / 20, (time.process_time() - c0) / 20]
+    if w.rank == 0:
+        print("RESULT " + json.dumps(out), flush=True)
+
+
+def collectives(tmp: Path) -> dict[str, float]:
+    port = free_port(2)
+    hosts = tmp / "collectives.hosts.json"
+    hosts.write_text(json.dumps([[f"127.0.0.1:{port}"], [f"127.0.0.1:{port + 1}"]]))
+    ranks = [subprocess.Popen([sys.executable, str(HERE), "--collectives"], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "MLX_RANK": str(r), "MLX_HOSTFILE": str(hosts)}) for r in range(2)]
+    stdout = [r.communicate()[0] for r in ranks][0]
+    return json.loads(next(line for line in stdout.splitlines() if line.startswith("RESULT "))[len("RESULT "):])
+
+
 def free_port(n: int) -> int:
     """A port p with p .. p+n-1 free now (the ring backend listens on one per rank)."""
     while True:
@@ -104,7 +174,7 @@ def _free(port: int) -> bool:
 
 
 def run(name: str, args, head: Path, data: Path, out: Path, plain: bool) -> dict:
-    processes, start, streams = CONFIGS[name]
+    processes, start, streams = CONFIGS[name] if name in CONFIGS else (2, "launch", None)
     env = dict(os.environ)
     env.pop("PHASEGPT_CPU_STREAMS", None)
     if streams is not None:
@@ -154,11 +224,14 @@ def launcher_cpu(seconds: float = 10.0) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", help="model folder/GGUF (default: the packaged SmolLM2)")
-    ap.add_argument("--rows", type=int, default=160)
+    ap.add_argument("--rows", type=int, default=96)
+    ap.add_argument("--with-launch", action="store_true", help=f"also time '{LAUNCHED}'")
+    ap.add_argument("--serial-rows", type=int, default=20_000, help="rows of the file the serial costs are timed on")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--layers", default="10,20", help="layers the (random) head taps")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--collectives", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--plain", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--input", help=argparse.SUPPRESS)
     ap.add_argument("--output", help=argparse.SUPPRESS)
@@ -166,6 +239,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.worker:
         return worker(args)
+    if args.collectives:
+        return collectives_worker()
 
     tmp = Path(tempfile.mkdtemp(prefix="phasegpt-dist-bench-"))
     model = common.load(args.model)
@@ -176,10 +251,11 @@ def main() -> None:
     del model
     print(common.machine_line())
     print(f"{args.rows} rows, batch size {args.batch_size}, {args.rounds} rounds, model {args.model or 'SmolLM2-135M'}")
-    results: dict[str, list[dict]] = {name: [] for name in CONFIGS}
+    names = list(CONFIGS) + ([LAUNCHED] if args.with_launch else [])
+    results: dict[str, list[dict]] = {name: [] for name in names}
     reference = None
     for r in range(args.rounds):
-        for name in common.order(r, list(CONFIGS)):
+        for name in common.order(r, names):
             out = tmp / f"out-{len(results[name])}-{name.replace(' ', '_')}.jsonl"
             res = run(name, args, head, data, out, plain=name == BASE)
             text = out.read_bytes()
@@ -208,9 +284,19 @@ def main() -> None:
         print(f"\nModel.classify on the same rows in the 1 x 2 process: {median(plain):.2f} rows/s "
               f"(classify_file / Model.classify = {base / median(plain):.3f})")
     print(f"\nmlx.launch -n 2 around two sleeping ranks keeps {launcher_cpu():.2f} cores busy by itself")
-    for name in (TWO, "2 processes x 1 stream, mlx.launch"):
+    for name in [TWO] + ([LAUNCHED] if args.with_launch else []):
         two = median([res["rows"] / res["ranks"][0]["seconds"] for res in results[name]])
         print(f"{name} / {BASE} = {two / base:.3f} (target: >= 1.0 within noise)")
+
+    model = phasegpt.load(args.model or None, head=head)
+    per_row = len(json.dumps(model.classify(["one verdict"], batch_size=1)[0].to_dict()))
+    print(f"\nSerial costs on a {args.serial_rows:,}-row file (microseconds per row):")
+    print(table(["step", "us/row"], [[k, f"{v:.1f}"] for k, v in serial_costs(model, tmp, args.serial_rows).items()]))
+    coll = collectives(tmp)
+    print("\nAll-gather between 2 ranks on loopback (ring), per call: " + ", ".join(
+        f"{int(k) // 1000} kB {1000 * wall:.2f} ms ({1000 * cpu:.2f} ms CPU)" for k, (wall, cpu) in coll.items()))
+    print(f"a verdict is {per_row} bytes of JSON: {1e6 * coll['1000000'][0] / (1e6 / per_row):.1f} us per row "
+          "gathered, at 1 MB per exchange")
 
 
 if __name__ == "__main__":

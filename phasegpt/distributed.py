@@ -35,6 +35,11 @@ class RankLost(PhasegptError):
     """Another process of the job stopped (a lost host, Ctrl-C, SIGKILL) in the middle of a collective."""
 
 
+class JobError(ValueError):
+    """An error that every process of a job raises alike, from data they agreed on; rank 0 reports it
+    (the CLI keeps the other ranks quiet)."""
+
+
 @dataclass(frozen=True)
 class World:
     """The processes of one job.

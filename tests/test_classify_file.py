@@ -162,6 +162,14 @@ def test_resume_keeps_the_logged_rows_and_drops_a_torn_line(tiny_model, tmp_path
     assert out.read_bytes() == whole.read_bytes() and not log.exists()
 
 
+def test_a_log_cut_off_in_its_header_starts_over(tiny_model, tmp_path):
+    src = write_rows(tmp_path / "in.jsonl", many_rows(5))
+    out = tmp_path / "out.jsonl"
+    journal_path(out).write_text('{"phasegpt_journal": 1, "input_sh')  # killed while writing the header
+    summary = classify_file(src, out, model=tiny_model)
+    assert summary.resumed == 0 and len(read_rows(out)) == 5
+
+
 def test_a_log_of_another_run_is_never_resumed(tiny_model, tmp_path):
     src = write_rows(tmp_path / "in.jsonl", many_rows(6))
     out = tmp_path / "out.jsonl"
@@ -197,6 +205,8 @@ def test_bad_arguments(tiny_model, tmp_path):
         classify_file(src, tmp_path / "o.jsonl", model=tiny_model, batch_size=0)
     with pytest.raises(ValueError, match="is the input file"):
         classify_file(src, src, model=tiny_model)
+    with pytest.raises(ValueError, match="is a folder"):
+        classify_file(src, tmp_path, model=tiny_model)
     with pytest.raises(FileNotFoundError):
         classify_file(tmp_path / "missing.jsonl", tmp_path / "o.jsonl", model=tiny_model)
     (tmp_path / "empty.jsonl").write_text("\n\n")

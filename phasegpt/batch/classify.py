@@ -8,8 +8,9 @@ of about the same length (balanced by tokens, not rows). Since a prompt's number
 batch it is computed in and on nothing else, the output is the same, bit for bit, for any number
 of processes or cores, and when a stopped job is resumed with another number of them.
 
-After each step the ranks' verdicts go to rank 0 in one all-gather; rank 0 appends them to the
-job's log (``journal``) and, at the end, merges the log in input order into the output file.
+Every ``SYNC_SECONDS`` or so of work the ranks' verdicts go to rank 0 in one all-gather; rank 0
+appends them to the job's log (``journal``) and, at the end, merges the log in input order into the
+output file.
 """
 
 from __future__ import annotations
@@ -30,16 +31,12 @@ from phasegpt import blas
 from phasegpt.batch.journal import Journal, journal_path
 from phasegpt.batch.progress import Progress
 from phasegpt.batch.rows import RowError, Rows
-from phasegpt.distributed import World, world
+from phasegpt.distributed import JobError, World, world
 from phasegpt.prompting import normalize_context
 
 ON_ERROR = ("fail", "skip")
 SYNC_SECONDS = 2.0  # work between two exchanges of verdicts (rank 0 adjusts the step count to it)
 MAX_EVERY = 64      # steps between exchanges at most
-
-
-class Stopped(ValueError):
-    """Rank 0 stopped the job (a locked or mismatched log); it reports why, the other ranks raise this."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +102,8 @@ def classify_file(input: str | Path, output: str | Path, *, model: Any = None, b
     src, out = Path(input), Path(output)
     if not src.is_file():
         raise FileNotFoundError(f"{src} not found; pass a JSONL file with one request per line")
+    if out.is_dir():
+        raise ValueError(f"the output {out} is a folder; name the JSONL file to write")
     if out.exists() and out.resolve() == src.resolve():
         raise ValueError(f"the output {out} is the input file; write the verdicts to another file")
     w = world()
@@ -112,9 +111,9 @@ def classify_file(input: str | Path, output: str | Path, *, model: Any = None, b
         shas = w.gather(rows.sha256)
         if len(set(shas)) > 1:
             other = next(r for r, s in enumerate(shas) if s != shas[0])
-            raise ValueError(f"rank {other} reads a different {src} than rank 0; give every host the same file")
+            raise JobError(f"rank {other} reads a different {src} than rank 0; give every host the same file")
         if not len(rows):
-            raise ValueError(f"{src} has no rows; each line must be a JSON object with a \"prompt\"")
+            raise JobError(f"{src} has no rows; each line must be a JSON object with a \"prompt\"")
         errors = _each(w, rows, lambda i: rows.request(i))  # before the model loads: bad input fails fast
         _fail_on(errors, on_error)
         m = _load(model)
@@ -191,13 +190,13 @@ def _open(w: World, out: Path, header: dict, n: int, resume: bool) -> tuple[Jour
     if w.rank == 0:
         try:
             journal = Journal(journal_path(out), header, n, resume=resume)
-        except ValueError as e:
+        except (ValueError, OSError) as e:
             problem = e
     said = w.broadcast(None if problem is None else str(problem))
     if problem is not None:
         raise problem
     if said is not None:
-        raise Stopped(f"rank 0 stopped: {said}")
+        raise JobError(f"rank 0 stopped: {said}")
     done = journal.done.astype(np.uint8) if journal is not None else np.zeros(n, dtype=np.uint8)
     return journal, w.all_sum(done).astype(bool)
 

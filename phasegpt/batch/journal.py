@@ -57,9 +57,9 @@ class Journal:
             except BlockingIOError:
                 raise ValueError(f"another job is writing {path.name.removesuffix('.partial')} (its log {path} "
                                  "is locked); wait for it to finish or write to another file") from None
-            if resume and os.fstat(self._fd).st_size > 0:
+            if resume and self._has_header():
                 self._read()
-            else:
+            else:  # also a log cut off before its header was whole: nothing was logged yet
                 os.ftruncate(self._fd, 0)
                 self._write([json.dumps(self.header, sort_keys=True)])
         except BaseException:
@@ -126,6 +126,10 @@ class Journal:
         for i, d in zip(rows or [], data):
             self._offsets[i], self._sizes[i] = at, len(d)
             at += len(d)
+
+    def _has_header(self) -> bool:
+        first = os.pread(self._fd, 1 << 16, 0)
+        return b"\n" in first or len(first) == 1 << 16
 
     def _read(self) -> None:
         """Load a log left by a stopped run: check its header, note its rows, drop a torn last line."""

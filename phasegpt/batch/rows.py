@@ -14,13 +14,14 @@ import mmap
 from pathlib import Path
 from typing import Any
 
+from phasegpt.distributed import JobError
 from phasegpt.prompting import Context, Prompt, conversation, normalize_context, user_segments
 
 JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number",
               bool: "a boolean", type(None): "null"}
 
 
-class RowError(ValueError):
+class RowError(JobError):
     """One bad row: ``FILE:LINE: field: problem and fix``.
 
     Attributes:

@@ -135,10 +135,9 @@ def classify(input_file, model_, adapter, head, dtype, output, batch_size, on_er
       mlx.launch -n 2 -- phasegpt classify requests.jsonl -o verdicts.jsonl
       mlx.launch --hostfile hosts.json -- phasegpt classify requests.jsonl -o verdicts.jsonl
     """
-    from phasegpt.batch import RowError, classify_file
-    from phasegpt.batch.classify import Stopped
+    from phasegpt.batch import classify_file
     from phasegpt.batch.journal import journal_path
-    from phasegpt.distributed import world
+    from phasegpt.distributed import JobError, world
 
     w = world()
     loader = lambda: load_model(model_, adapter, head, dtype, _audit(audit))  # noqa: E731  (after the rows are checked)
@@ -153,7 +152,7 @@ def classify(input_file, model_, adapter, head, dtype, output, batch_size, on_er
                        "to resume" if output is not None else ""
                 click.echo(f"stopped;{kept}" if kept else "stopped", err=True)
             raise SystemExit(130) from None
-        except (RowError, Stopped):
+        except JobError:
             if w.rank == 0:
                 raise
             # every rank found the same; rank 0 says it and exits 1. Exiting 0 here because mlx.launch
