@@ -111,6 +111,21 @@ def test_a_lost_rank_stops_the_job_and_a_rerun_resumes_it(tiny_model, tiny_args,
     assert summary.resumed == done and out.read_bytes() == whole.read_bytes()
 
 
+def test_ranks_running_different_jobs_are_stopped_before_any_work(tiny_args, tmp_path):
+    src = write_rows(tmp_path / "in.jsonl", many_rows(8))
+    out = tmp_path / "out.jsonl"
+    port = free_port(2)
+    hosts = tmp_path / "hosts.json"
+    hosts.write_text(json.dumps([[f"127.0.0.1:{port}"], [f"127.0.0.1:{port + 1}"]]))
+    ranks = [subprocess.Popen([str(BIN / "phasegpt"), "classify", str(src), *tiny_args, "-o", str(out),
+                               "--batch-size", str(2 + r)], stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "MLX_RANK": str(r), "MLX_HOSTFILE": str(hosts)}) for r in range(2)]
+    errs = [p.communicate(timeout=TIMEOUT)[1] for p in ranks]
+    assert ranks[0].returncode == 1 and "rank 1 runs another job than rank 0 (another batch size)" in errs[0]
+    assert ranks[1].returncode == 0 and "Error" not in errs[1]  # rank 0 reports
+    assert not out.exists() and not journal_path(out).exists()
+
+
 def _records(log: Path) -> int:
     try:
         return max(0, log.read_bytes().count(b"\n") - 1)  # less the header
