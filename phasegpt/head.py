@@ -61,7 +61,7 @@ class HeadConfig:
 
 
 def pool(hidden: dict[int, mx.array], layers: tuple[int, ...], pooling: str, lengths: mx.array,
-         span: tuple[int, int]) -> mx.array:
+         span: tuple[int, int] | mx.array) -> mx.array:
     """Pooled features (B, F) from tapped hidden states {layer: (B, T, D)} of right-padded prompts.
 
     For each layer in order: the last prompt token's state and/or the mean over the user's
@@ -72,15 +72,19 @@ def pool(hidden: dict[int, mx.array], layers: tuple[int, ...], pooling: str, len
         layers: which layers, in feature order.
         pooling: one of POOLINGS.
         lengths: (B,) real length of each prompt (positions past it are padding).
-        span: template tokens before and after the user content (prompting.content_span).
+        span: template tokens before and after the user's last turn (prompting.content_span):
+            one ``(pre, post)`` for every prompt, or a (B, 2) array of them (conversations differ).
     """
-    pre, post = span
+    if isinstance(span, mx.array):
+        pre, post = span[:, 0:1], span[:, 1]  # (B, 1), (B,)
+    else:
+        pre, post = span
     kinds = pooling.split("+")
     weights = None
     if "mean" in kinds:
         T = next(iter(hidden.values())).shape[1]
         pos = mx.arange(T)[None]  # (1, T)
-        end = mx.maximum(lengths - post, pre + 1)[:, None]  # at least one token
+        end = mx.maximum(lengths - post, pre + 1 if isinstance(pre, int) else pre[:, 0] + 1)[:, None]  # at least one token
         mask = ((pos >= pre) & (pos < end)).astype(mx.float32)
         # the mean as a matmul (B, 1, T) @ (B, T, D): written as a broadcast multiply and a sum it
         # made a batch split over two CPU streams (Model.prefill) slower than one stream, measured
@@ -107,7 +111,7 @@ class Head:
         self.params = params
 
     # --- features ---------------------------------------------------------------------
-    def pool(self, hidden: dict[int, mx.array], lengths: mx.array, span: tuple[int, int]) -> mx.array:
+    def pool(self, hidden: dict[int, mx.array], lengths: mx.array, span: tuple[int, int] | mx.array) -> mx.array:
         """Pooled features (B, F) for this head's layers and pooling (see ``pool``)."""
         return pool(hidden, self.config.layers, self.config.pooling, lengths, span)
 

@@ -31,12 +31,21 @@ class Example:
     source: str = ""
     split: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    history: tuple[dict[str, str], ...] = ()  # earlier turns of a conversation, OpenAI-style
+
+    @property
+    def request(self) -> str | list[dict[str, str]]:
+        """What the model is given: the prompt, or the conversation ending with it."""
+        return [*map(dict, self.history), {"role": "user", "content": self.prompt}] if self.history else self.prompt
 
     @property
     def key(self) -> str:
-        """Stable id of the text (prompt and documents), used to deduplicate and cache."""
+        """Stable id of the text (prompt, documents and any history), used to deduplicate and cache."""
         docs = [(d.id, d.text) for d in normalize_context(self.context)]
-        return hashlib.sha256(json.dumps([self.prompt, docs]).encode()).hexdigest()[:24]
+        parts: list[Any] = [self.prompt, docs]
+        if self.history:  # plain prompts keep the keys they always had
+            parts.append([[m["role"], m["content"]] for m in self.history])
+        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:24]
 
 
 def read_jsonl(path: str | Path, *, skip_other: bool = True, require_label: bool = True) -> list[Example]:

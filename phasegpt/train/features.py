@@ -24,6 +24,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
+from phasegpt.api import spans_of
 from phasegpt.head import pool
 from phasegpt.paths import user_dir
 from phasegpt.train.data import Example
@@ -63,7 +64,7 @@ def extract(model, examples: Sequence[Example], layers: Sequence[int], *, batch_
             cached = {}  # a damaged cache is only a cache: recompute
     todo = list({k: e for k, e in zip(keys, examples) if k not in cached}.items())  # model.rounds() orders by length
     if todo:
-        encoded = [(k, model.encode(e.prompt, e.context)) for k, e in todo]
+        encoded = [(k, model.prepare(e.request, e.context)) for k, e in todo]
         save = (lambda: _save(path, cached)) if use_cache else (lambda: None)
         _run(model, encoded, layers, batch_size, cached, progress, save)
         save()
@@ -76,10 +77,12 @@ def _run(model, encoded, layers, batch_size, out, progress, save) -> None:
     last_save = time.monotonic()
     bar = click.progressbar(length=len(encoded), label="extracting features", file=sys.stderr) if progress else None
     try:
-        for idx in model.rounds([len(ids) for _, ids in encoded], batch_size):
+        for idx in model.rounds([len(r.ids) for _, r in encoded], batch_size):
             chunk = [encoded[i] for i in idx]
-            feats = [pool(hidden, tuple(layers), "last+mean", lengths, model.span)  # (B, L*2*D) per part
-                     for _, hidden, lengths in model.prefill([ids for _, ids in chunk], layers)]
+            parts = model.prefill([r.ids for _, r in chunk], layers)
+            spans = spans_of([r for _, r in chunk], [len(part) for part, _, _ in parts])
+            feats = [pool(hidden, tuple(layers), "last+mean", lengths, span)  # (B, L*2*D) per part
+                     for (_, hidden, lengths), span in zip(parts, spans)]
             mx.eval(feats)
             arr = np.concatenate([np.array(f) for f in feats]).reshape(len(chunk), len(layers), 2, -1)
             for (k, _), row in zip(chunk, arr):

@@ -23,7 +23,7 @@ def fitting(model: Any, examples: Sequence[Example], max_tokens: int | None = No
     keep, long = [], []
     for e in examples:
         try:
-            n = len(model.encode(e.prompt, e.context))  # raises beyond the model's context
+            n = len(model.encode(e.request, e.context))  # raises beyond the model's context
             fits = max_tokens is None or n <= max_tokens
         except ValueError:
             fits = False
