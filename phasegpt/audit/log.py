@@ -43,6 +43,14 @@ _INSERT = (f"INSERT INTO records ({', '.join(fmt.KEYED_FIELDS)}, hash) "
 _HEAD = "SELECT count, last_id, last_hash, mac FROM chain_head"
 
 
+def _head(db: sqlite3.Connection, path: Path) -> tuple[int, str | None, str, str | None]:
+    row = db.execute(_HEAD).fetchone()
+    if row is None:
+        raise AuditError(f"audit log {path} has lost its chain_head row: it was changed outside phasegpt; "
+                         "run `phasegpt audit verify` and start a new log (nothing was written)")
+    return tuple(row)
+
+
 def default_path() -> Path:
     """``$PHASEGPT_HOME/audit.db`` (see ``phasegpt.paths.user_dir``); nothing is created."""
     return user_dir(create=False) / "audit.db"
@@ -178,7 +186,7 @@ class AuditLog:
         db = self._conn()
         db.execute("BEGIN IMMEDIATE")  # take the write lock before reading the head
         try:
-            count, last_id, last_hash, mac = db.execute(_HEAD).fetchone()
+            count, last_id, last_hash, mac = _head(db, self.path)
             self._check_head(key, count, last_id, last_hash, mac)
             now_ns = time.time_ns()
             rid = fmt.next_id(now_ns, last_id)
@@ -219,7 +227,7 @@ class AuditLog:
         db.execute("BEGIN IMMEDIATE")  # one writer at a time decides; the others then find its key
         upgrade_at = None
         try:
-            count, last_id, last_hash, mac = db.execute(_HEAD).fetchone()
+            count, last_id, last_hash, mac = _head(db, self.path)
             row = db.execute("SELECT value FROM audit_meta WHERE name = 'key_id'").fetchone()
             stored = row[0] if row else None
             key = keys.read_key(self.key_path)

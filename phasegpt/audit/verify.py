@@ -93,6 +93,9 @@ class VerifyResult:
             re-hash them, so only a checkpoint protects them from a careful forger).
         checkpointed: records proven unchanged by the checkpoints given (the largest count
             that matched), or None without checkpoints.
+        keyed: the chain head carries a MAC under the log key (every log a writer of this
+            version has opened); False for an old log not yet upgraded, whose records anyone
+            could re-hash.
     """
 
     ok: bool
@@ -103,6 +106,7 @@ class VerifyResult:
     head_hash: str = ""
     unkeyed: int = 0
     checkpointed: int | None = None
+    keyed: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -240,9 +244,10 @@ def walk(db: sqlite3.Connection, key: LogKey | None, checkpoints: Sequence[Check
     Returns:
         What was found; ``ok`` when everything checks out.
     """
-    damage = [r[0] for r in db.execute("PRAGMA integrity_check(5)")]
+    damage = [" ".join(str(r[0]).split()) for r in db.execute("PRAGMA integrity_check(5)")]  # one line each
     if damage != ["ok"]:
-        return _result(0, None, "damaged", "SQLite's integrity check failed: " + "; ".join(damage))
+        return _result(0, None, "damaged", "SQLite's integrity check failed: " + "; ".join(damage)
+                       + "; restore the file from backup")
     tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     if not {"records", "chain_head", "audit_meta"} <= tables:
         return _result(0, None, "damaged", "a table of the log is missing (records, chain_head or audit_meta)")
@@ -261,7 +266,7 @@ def walk(db: sqlite3.Connection, key: LogKey | None, checkpoints: Sequence[Check
     matched = 0 if 0 in marks else None
 
     def result(n: int, rid: str | None, what: str | None, detail: str) -> VerifyResult:
-        return _result(n, rid, what, detail, last_hash, unkeyed, matched)
+        return _result(n, rid, what, detail, last_hash, unkeyed, matched, keyed_from is not None)
 
     prev, n = None, 0
     for row in db.execute("SELECT * FROM records ORDER BY seq"):
@@ -382,8 +387,8 @@ def _broken_link(db: sqlite3.Connection, row: sqlite3.Row, prev: sqlite3.Row | N
 
 
 def _result(checked: int, record_id: str | None, problem: str | None, detail: str, head: str = "",
-            unkeyed: int = 0, checkpointed: int | None = None) -> VerifyResult:
+            unkeyed: int = 0, checkpointed: int | None = None, keyed: bool = False) -> VerifyResult:
     return VerifyResult(
         ok=problem is None, checked=checked, record_id=record_id, problem=problem, detail=detail, head_hash=head,
-        unkeyed=unkeyed, checkpointed=checkpointed,
+        unkeyed=unkeyed, checkpointed=checkpointed, keyed=keyed,
     )

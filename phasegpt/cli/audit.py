@@ -275,9 +275,11 @@ def verify(db: Path | None, key_path: Path | None, checkpoints: tuple[Path, ...]
 
 def _verified(result: VerifyResult, found: list) -> str:
     line = f"OK: {result.checked} records, chain intact"
-    if result.unkeyed:
-        line += (f" ({result.unkeyed} written before the chain was keyed: plain SHA-256, "
-                 "protected against re-hashing only by a checkpoint)")
+    if not result.keyed and result.checked:
+        line += (" (an old log, not keyed yet: anyone could re-hash its plain SHA-256 chain; the next write "
+                 "with this phasegpt keys it)")
+    elif result.unkeyed:
+        line += f" ({result.unkeyed} written before the chain was keyed, covered by the keyed head after them)"
     if result.checkpointed is not None:
         signers = sorted({keys.public_key_id(c.signer()) for c in found})
         line += f"; the first {result.checkpointed} match the checkpoints (signed by {', '.join(signers)})"
