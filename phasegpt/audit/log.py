@@ -13,8 +13,8 @@ documents, responses and evidence words are HMAC-SHA256 under the log key (``aud
 beside the database). Many processes may write to one log at once.
 
 Schema migrations and the record hashes live in ``phasegpt.audit.migrations``, the keys in
-``phasegpt.audit.keys``, checkpoints in ``phasegpt.audit.checkpoint``, file handling in
-``phasegpt.audit.storage``, and what reads return (records, stats, the chain walk behind
+``phasegpt.audit.keys``, the write path of the chain in ``phasegpt.audit.chain``, checkpoints
+in ``phasegpt.audit.checkpoint``, file handling in ``phasegpt.audit.storage``, and what reads return (records, stats, the chain walk behind
 ``verify()``) in ``phasegpt.audit.verify``.
 """
 
@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-import time
 import warnings
 from collections.abc import Iterator, Sequence
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from phasegpt.audit import chain
 from phasegpt.audit import checkpoint as cp
 from phasegpt.audit import keys
 from phasegpt.audit import migrations as fmt
@@ -37,19 +37,6 @@ from phasegpt.audit.verify import AuditRecord, VerifyResult, and_where, record_f
 from phasegpt.errors import AuditError
 from phasegpt.paths import user_dir
 from phasegpt.verdict import REFUSALS, Verdict
-
-_INSERT = (f"INSERT INTO records ({', '.join(fmt.KEYED_FIELDS)}, hash) "
-           f"VALUES ({', '.join('?' * (len(fmt.KEYED_FIELDS) + 1))})")
-_HEAD = "SELECT count, last_id, last_hash, mac FROM chain_head"
-
-
-def _head(db: sqlite3.Connection, path: Path) -> tuple[int, str | None, str, str | None]:
-    row = db.execute(_HEAD).fetchone()
-    if row is None:
-        raise AuditError(f"audit log {path} has lost its chain_head row: it was changed outside phasegpt; "
-                         "run `phasegpt audit verify` and start a new log (nothing was written)")
-    return tuple(row)
-
 
 def default_path() -> Path:
     """``$PHASEGPT_HOME/audit.db`` (see ``phasegpt.paths.user_dir``); nothing is created."""
@@ -183,33 +170,7 @@ class AuditLog:
             return None
 
     def _append(self, body: dict[str, Any], encoded: dict[str, str], key: keys.LogKey) -> str:
-        db = self._conn()
-        db.execute("BEGIN IMMEDIATE")  # take the write lock before reading the head
-        try:
-            count, last_id, last_hash, mac = _head(db, self.path)
-            self._check_head(key, count, last_id, last_hash, mac)
-            now_ns = time.time_ns()
-            rid = fmt.next_id(now_ns, last_id)
-            created = datetime.fromtimestamp(now_ns / 1e9, timezone.utc).isoformat(timespec="microseconds")
-            chain = {"id": rid, "created_at": created, "prev_id": last_id, "prev_hash": last_hash}
-            digest = fmt.hash_encoded({**encoded, **fmt.encode(chain)}, key.chain_key)
-            row = fmt.fields_to_row({**body, **chain}, encoded)
-            db.execute(_INSERT, (*row, digest))
-            db.execute("UPDATE chain_head SET count = ?, last_id = ?, last_hash = ?, mac = ?",
-                       (count + 1, rid, digest, fmt.head_mac(key.chain_key, count + 1, rid, digest)))
-            db.execute("COMMIT")
-        except BaseException:
-            storage.rollback(db)
-            raise
-        return rid
-
-    def _check_head(self, key: keys.LogKey, count: int, last_id: str | None, last_hash: str, mac: str | None) -> None:
-        # Extending a chain whose head was rewritten would sign the forgery: refuse instead.
-        if mac != fmt.head_mac(key.chain_key, count, last_id, last_hash):
-            raise AuditError(
-                f"the chain head of audit log {self.path} does not carry its key's MAC: the log was changed "
-                "outside phasegpt; run `phasegpt audit verify` and start a new log (nothing was written)"
-            )
+        return chain.append(self._conn(), self.path, key, body, encoded)
 
     def _writer_key(self) -> keys.LogKey:
         """The log key, made or upgraded and checked against the log once per connection."""
@@ -217,48 +178,9 @@ class AuditLog:
             if self._key is None:
                 if self.read_only:
                     raise AuditError(f"audit log {self.path} was opened read_only; open it without to write")
-                self._conn()
-                self._key = self._retry(self._setup_key, "set up the key of")
+                self._key = self._retry(lambda: chain.setup_key(self._conn(), self.path, self.key_path),
+                                        "set up the key of")
             return self._key
-
-    def _setup_key(self) -> keys.LogKey:
-        """Create the key of a new log, or move an old log onto the keyed chain (see ``keys``)."""
-        db = self._conn()
-        db.execute("BEGIN IMMEDIATE")  # one writer at a time decides; the others then find its key
-        upgrade_at = None
-        try:
-            count, last_id, last_hash, mac = _head(db, self.path)
-            row = db.execute("SELECT value FROM audit_meta WHERE name = 'key_id'").fetchone()
-            stored = row[0] if row else None
-            key = keys.read_key(self.key_path)
-            if key is None:
-                if stored is not None or count:
-                    raise AuditError(f"the key file {self.key_path} of audit log {self.path} is missing; "
-                                     "restore it from backup, or start a new log")
-                key = keys.create_key(self.key_path, keyed_from=count)
-            if stored is None:
-                if count:
-                    raise AuditError(f"audit log {self.path} holds records but no key id: it was changed "
-                                     "outside phasegpt; run `phasegpt audit verify` and start a new log")
-                db.execute("INSERT INTO audit_meta (name, value) VALUES ('key_id', ?)", (key.key_id,))
-            elif stored != key.key_id:
-                raise AuditError(
-                    f"the key file {self.key_path} is not the one audit log {self.path} was written with "
-                    f"(key id {key.key_id}, log expects {stored}); restore the original key file or start a new log"
-                )
-            fresh = key.keyed_from is None or (mac is None and count == 0 and stored is None)
-            if fresh:  # an old log's first keyed writer, or a new log: the head gets its first MAC
-                db.execute("UPDATE chain_head SET mac = ?", (fmt.head_mac(key.chain_key, count, last_id, last_hash),))
-                upgrade_at = count if key.keyed_from is None else None
-            else:
-                self._check_head(key, count, last_id, last_hash, mac)
-            db.execute("COMMIT")
-        except BaseException:
-            storage.rollback(db)
-            raise
-        # Only after the head's MAC is committed: the key file must never announce keyed records
-        # that the database cannot back (a crash here leaves an old-format key; the next writer redoes this).
-        return keys.upgrade_key(key, upgrade_at) if upgrade_at is not None else key
 
     # -- connection, retries ---------------------------------------------------------
 
