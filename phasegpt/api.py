@@ -78,6 +78,7 @@ class Model:
             head.check_base(name=loaded.name, fingerprint=loaded.fingerprint,
                             hidden_size=int(loaded.config.get("hidden_size", 0)),
                             adapter_sha256=loaded.adapter_sha256)
+            head.attach(loaded.model)  # a tower head builds its tower on this model's blocks
         check_template(template)
         self._span = content_span(loaded.tokenizer, system=system)
         self._max_tokens = int(loaded.config.get("max_position_embeddings") or 0)
@@ -211,22 +212,27 @@ class Model:
         head = self.head
         parts = self.prefill([r.ids for r in requests], head.config.layers)
         spans = spans_of(requests, [len(part) for part, _, _ in parts])
-        probs = [head.probs(head.pool(hidden, lengths, span)) for (_, hidden, lengths), span in zip(parts, spans)]
-        z = [self._position_logits({k: h[b:b + 1, :len(ids)] for k, h in hidden.items()})
-             for part, hidden, _ in parts for b, ids in enumerate(part)]
-        mx.eval(probs, z)
+        states = [head.states(hidden) for _, hidden, _ in parts]  # a tower runs here, once per part
+        feats = [head.pool(st, lengths, span) for st, (_, _, lengths), span in zip(states, parts, spans)]
+        probs, ood = [head.probs(f) for f in feats], [head.ood(f) for f in feats]
+        z = [self._position_logits({k: h[b:b + 1, :len(ids)] for k, h in st.items()})
+             for st, (part, _, _) in zip(states, parts) for b, ids in enumerate(part)]
+        mx.eval(probs, z, [o for o in ood if o is not None])
         probs = np.concatenate([np.asarray(p) for p in probs])  # once, not one MLX slice per prompt
-        return [self._verdict(probs[b], z[b], r) for b, r in enumerate(requests)]
+        ood = None if ood[0] is None else np.concatenate([np.asarray(o) for o in ood])
+        return [self._verdict(probs[b], z[b], r, None if ood is None else ood[b]) for b, r in enumerate(requests)]
 
     def _position_logits(self, hidden: dict[int, mx.array]) -> mx.array:
         """Calibrated logits (T, C) of the head applied at every position of one prompt (for evidence)."""
         return self.head.logits(self.head.per_position(hidden)) / self.head.config.temperature
 
-    def _verdict(self, probs: mx.array, z: mx.array, request: Request) -> Verdict:
+    def _verdict(self, probs: mx.array, z: mx.array, request: Request, ood: Any = None) -> Verdict:
         # numpy from here on: in `stream` the arrays are already computed, and any new MLX op
         # would queue behind mlx-lm's next decode step and delay the verdict by a whole step
         probs, z = np.asarray(probs, dtype=np.float64), np.asarray(z, dtype=np.float64)
         head = self.head
+        ood = None if ood is None else float(np.asarray(ood))
+        probs = head.adjust(probs, ood)  # far from the training data: less confident, leaning to answer
         labels = head.config.labels
         label = head.decide(probs[None])[0]
         p = dict(zip(labels, probs.tolist()))
@@ -235,6 +241,7 @@ class Model:
             layers=tuple(head.config.layers), source="head", model=self.loaded.name,
             model_fingerprint=self.loaded.fingerprint, head_sha256=head.sha256,
             adapter_sha256=self.loaded.adapter_sha256, thresholds=dict(head.config.thresholds),
+            ood=None if ood is None else round(ood, 4),
         )
 
     def _evidence(self, z: np.ndarray, request: Request, k: int) -> tuple[str, ...]:
@@ -301,10 +308,13 @@ class Model:
         ready: dict[str, mx.array] = {}
 
         def prepare(taps):  # inside the last prefill call: queue the head before the first decode step
-            hidden = taps.hidden()
-            ready["probs"] = self.head.probs(self.head.pool(hidden, mx.array([len(ids)]), request.span))[0]
-            ready["z"] = self._position_logits(hidden)
-            mx.async_eval(ready["probs"], ready["z"])
+            states = self.head.states(taps.hidden())  # a tower runs here, on the tapped block's states
+            feats = self.head.pool(states, mx.array([len(ids)]), request.span)
+            ready["probs"], ready["z"] = self.head.probs(feats)[0], self._position_logits(states)
+            ood = self.head.ood(feats)
+            if ood is not None:
+                ready["ood"] = ood[0]
+            mx.async_eval(*ready.values())
 
         try:
             with tapped(self.loaded.model, layers, budget=len(ids), on_done=prepare if self.head else None):
@@ -312,7 +322,7 @@ class Model:
                                       sampler=make_sampler(temp=temp, top_p=top_p))
                 first = next(gen)  # prefill done (and the first token sampled): the head has run too
             if self.head is not None:
-                verdict = self._verdict(ready["probs"], ready["z"], request)
+                verdict = self._verdict(ready["probs"], ready["z"], request, ready.get("ood"))
             if log_first:  # fail closed: no chunk leaves before its verdict is in the log
                 try:
                     first_id = self._record(verdict, prompt, context, None, time.perf_counter() - t0, metadata)
