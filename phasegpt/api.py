@@ -350,7 +350,7 @@ class Model:
     def generate(self, prompt: Prompt, *, context: Context = None, max_tokens: int = 256, temp: float = 0.0,
                  top_p: float = 1.0, seed: int | None = None, stop_on_refusal: bool = False,
                  metadata: dict | None = None) -> Result:
-        """Generate a response and the verdict for it (a loop over ``stream``).
+        """Generate a response and the verdict for it (a loop over the stream ``stream`` yields).
 
         With an audit log, one record holds the verdict and the response, written before this
         returns: if the write fails it raises ``AuditError`` and no text is returned.

@@ -151,7 +151,8 @@ def list_(db: Path | None, key_path: Path | None, label: str | None, since: str 
         return
     click.echo(f"{'id':26}  {'time (UTC)':19}  {'label':15}  {'conf':>5}  {'model':20}  tag")
     for r in found:
-        tag = (r.tag["text"] if r.tag else "") + (f" (completes {r.parent_id})" if r.kind == "completion" else "")
+        tag = " ".join(filter(None, [r.tag["text"] if r.tag else "",
+                                     f"(completes {r.parent_id})" if r.kind == "completion" else ""]))
         click.echo(f"{r.id:26}  {r.created_at[:19]:19}  {r.label:15}  {r.confidence:5.2f}  {r.model[:20]:20}  {tag}")
 
 
