@@ -40,6 +40,7 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
+from phasegpt.evaluate import EVERYDAY
 from phasegpt.head import TOWER_PREFIX, Head, HeadConfig, pool
 from phasegpt.paths import user_dir
 from phasegpt.tower import ALL_KEYS, Tower, TowerConfig
@@ -81,6 +82,7 @@ class TowerFit:
     patience: int = 5                   # dev checks without a better macro-F1 before stopping
     seed: int = 0
     tune_thresholds: bool = True        # per-class offsets on dev
+    frr_budget: float | None = 0.03     # thresholds keep false refusals of dev everyday requests within this
 
     def tower_config(self) -> TowerConfig:
         return TowerConfig(tap=self.tap, depth=self.depth, rank=self.rank, scale=self.scale, keys=tuple(self.keys))
@@ -295,6 +297,10 @@ def train_tower(model, train: Sequence, dev: Sequence, *, fit: TowerFit = TowerF
     try:
         if bar is not None:
             bar.update(state["step"])
+        if state["step"] == 0:  # the warm-started head alone: what fine-tuning has to beat
+            state["best_f1"] = evaluate()
+            state["history"].append({"step": 0, "loss": None, "dev_macro_f1": state["best_f1"]})
+            log(f"  step 0/{total}: dev macro-F1 {state['best_f1']:.3f} (the frozen-feature head)")
         epoch = state["step"] // per_epoch
         while state["step"] < total and state["bad"] < fit.patience:
             order = batches(src_tr.lengths, fit.batch_tokens, fit.max_batch, np.random.default_rng([fit.seed, epoch]))
@@ -330,15 +336,17 @@ def train_tower(model, train: Sequence, dev: Sequence, *, fit: TowerFit = TowerF
             bar.render_finish()
     net.update(tree_unflatten(list(best.items())))
     seconds = time.perf_counter() - t0
-    return _finish(net, src_tr, src_dv, ytr, ydv, fit, identity or {}, state, seconds, log, model)
+    everyday = np.array([e.source in EVERYDAY and e.label == "answer" for e in dev])
+    return _finish(net, src_tr, src_dv, ytr, ydv, fit, identity or {}, state, seconds, log, model, everyday)
 
 
-def _finish(net, src_tr, src_dv, ytr, ydv, fit, identity, state, seconds, log, model) -> Head:
+def _finish(net, src_tr, src_dv, ytr, ydv, fit, identity, state, seconds, log, model, everyday) -> Head:
     """Temperature, thresholds and the OOD statistic on the best weights; the Head."""
     dev_logits = outputs(net, src_dv, batch_tokens=2 * fit.batch_tokens)
     temperature = calibrate(dev_logits, ydv)
     probs = _softmax(dev_logits, temperature)
-    offsets = tune_thresholds(probs, ydv) if fit.tune_thresholds else np.zeros(len(LABELS))
+    offsets = tune_thresholds(probs, ydv, everyday=everyday, budget=fit.frr_budget) if fit.tune_thresholds \
+        else np.zeros(len(LABELS))
     pred = (probs - offsets).argmax(axis=1)
     rows = np.sort(np.random.default_rng(fit.seed).choice(len(ytr), min(len(ytr), OOD_ROWS), replace=False))
     mean, whiten = ood_statistic(outputs(net, src_tr, rows, what="pre"))
