@@ -9,6 +9,7 @@ attention means padding after a prompt cannot change its states).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import threading
@@ -34,6 +35,7 @@ from phasegpt.prompting import (
 )
 from phasegpt.tap import tapped
 from phasegpt.verdict import Chunk, Result, Verdict, parse_tag
+from phasegpt.worker import WORKER
 
 STREAMS_ENV = "PHASEGPT_CPU_STREAMS"  # how many CPU streams a batched prefill is split over (1 = off)
 MAX_STREAMS = 8
@@ -46,11 +48,39 @@ STOPWORDS = frozenset("a an the i me my we our you your it its he she they them 
                       "and or but is are was were be am do does did can could would should will".split())
 
 
+def _on_worker(method):
+    """Run the method on phasegpt's MLX worker thread (phasegpt.worker), whichever thread calls it."""
+
+    @functools.wraps(method)
+    def call(*args, **kwargs):
+        return WORKER.run(method, *args, **kwargs)
+
+    return call
+
+
+def _on_worker_stream(method):
+    """Advance the generator method on the MLX worker, one item per queued step (Worker.iterate)."""
+
+    @functools.wraps(method)
+    def call(*args, **kwargs):
+        return WORKER.iterate(method(*args, **kwargs))
+
+    return call
+
+
 class Model:
     """A loaded chat model with an optional refusal-reason head and audit log.
 
     Build it with ``phasegpt.load``; the attributes ``loaded`` (model, tokenizer, config,
     identity), ``head`` and ``audit`` are public for advanced use.
+
+    Thread-safe: any number of threads may call ``classify``, ``generate`` and ``stream`` on one
+    Model at once, and get what serial calls would give (greedy text identical, probabilities to
+    float rounding, seeded sampling the same tokens). Every forward pass runs on one MLX worker
+    thread per process, in arrival order: a classify call one round of prompts at a time (it
+    tokenizes and writes its audit records in the calling thread), a stream one token at a
+    time (see ``phasegpt.worker`` for why, and BENCHMARKS.md for what it costs: nothing
+    measurable for a single caller).
     """
 
     def __init__(self, loaded: LoadedModel, head: Head | None = None, *, audit: Any = None,
@@ -63,6 +93,8 @@ class Model:
                             hidden_size=int(loaded.config.get("hidden_size", 0)),
                             adapter_sha256=loaded.adapter_sha256)
         check_template(template)
+        if head is not None:
+            mx.eval(head.params)  # lazy arrays made on this thread could not be evaluated on the worker
         self._span = content_span(loaded.tokenizer, system=system)
         self._max_tokens = int(loaded.config.get("max_position_embeddings") or 0)
 
@@ -129,6 +161,7 @@ class Model:
         on 48 prompts of 35-347 tokens that was 1.4x slower at batch 8 and 2.3x at batch 32.)"""
         return batches(lengths, max(batch_size, cpu_streams()))
 
+    @_on_worker
     def prefill(self, batch: list[list[int]], layers: Sequence[int]) -> list[tuple[list[list[int]], dict[int, mx.array], mx.array]]:
         """Tapped states of ``layers`` for a batch of token lists, computed: ``(part, hidden, lengths)``
         per part of the batch, in order (``hidden_states`` of each part).
@@ -158,7 +191,11 @@ class Model:
         return parts
 
     def hidden_states(self, batch: list[list[int]], layers: Sequence[int]) -> tuple[dict[int, mx.array], mx.array]:
-        """Tapped states {layer: (B, T, D)} and lengths (B,) for one batch of token lists (lazy)."""
+        """Tapped states {layer: (B, T, D)} and lengths (B,) for one batch of token lists (lazy).
+
+        Runs in the calling thread, so only on the MLX worker (inside ``prefill``): the tap
+        swaps ``model.layers`` and the lazy arrays belong to this thread's streams.
+        """
         lengths = mx.array([len(t) for t in batch])
         width = max(len(t) for t in batch)
         pad = self.tokenizer.pad_token_id or 0
@@ -173,6 +210,7 @@ class Model:
         """Template tokens before and after the user content (see prompting.content_span)."""
         return self._span
 
+    @_on_worker
     def _classify_batch(self, batch: list[list[int]], segments: list[list[tuple[str, bool]]]) -> list[Verdict]:
         head = self.head
         parts = self.prefill(batch, head.config.layers)
@@ -220,6 +258,7 @@ class Model:
         return tuple(out)
 
     # --- generate / stream --------------------------------------------------------------
+    @_on_worker_stream
     def stream(self, prompt: str, *, context: Context = None, max_tokens: int = 256, temp: float = 0.0,
                top_p: float = 1.0, seed: int | None = None, stop_on_refusal: bool = False,
                metadata: dict | None = None) -> Iterator[Chunk]:
@@ -231,17 +270,21 @@ class Model:
             max_tokens: most tokens to generate.
             temp: sampling temperature (0 = greedy).
             top_p: nucleus sampling threshold.
-            seed: random seed for sampling.
+            seed: random seed for sampling (the same tokens whatever other calls run meanwhile).
             stop_on_refusal: stop after the verdict chunk when it is a refusal.
             metadata: free-form caller data for the audit log.
+
+        Each step runs on the MLX worker thread, one token per queued step, so concurrent
+        callers interleave token by token; closing the stream early closes it there too.
         """
         from mlx_lm import stream_generate
         from mlx_lm.sample_utils import make_sampler
 
         ids = self.encode(prompt, context)
         segments = user_segments(prompt, context, template=self.template)  # for the evidence
+        sampler = make_sampler(temp=temp, top_p=top_p)
         if seed is not None:
-            mx.random.seed(seed)
+            sampler = _seeded(sampler, seed)
         t0 = time.perf_counter()
         layers = self.head.config.layers if self.head else ()
         text, verdict, finish = "", None, "abandoned"
@@ -256,7 +299,7 @@ class Model:
         try:
             with tapped(self.loaded.model, layers, budget=len(ids), on_done=prepare if self.head else None):
                 gen = stream_generate(self.loaded.model, self.tokenizer, ids, max_tokens=max_tokens,
-                                      sampler=make_sampler(temp=temp, top_p=top_p))
+                                      sampler=sampler)
                 first = next(gen)  # prefill done (and the first token sampled): the head has run too
             if self.head is not None:
                 verdict = self._verdict(ready["probs"], ready["z"], ids, segments)
@@ -340,7 +383,9 @@ def cpu_streams() -> int:
     return max(1, min(cores, MAX_STREAMS))
 
 
-_cpu_stream_pool: list[Any] = []  # shared by every Model: each MLX stream is an OS thread that never exits
+# Shared by every Model; thread-local, so whichever thread runs a prefill (the worker) gets streams
+# of its own: an MLX stream made on one thread cannot run work on another
+_cpu_stream_pool: list[Any] = []
 _cpu_stream_lock = threading.Lock()
 
 
@@ -350,8 +395,21 @@ def _streams(n: int) -> list[Any]:
         return []
     with _cpu_stream_lock:
         while len(_cpu_stream_pool) < n:
-            _cpu_stream_pool.append(mx.new_stream(mx.cpu))
+            _cpu_stream_pool.append(mx.new_thread_local_stream(mx.cpu))
         return _cpu_stream_pool[:n]
+
+
+def _seeded(sampler: Any, seed: int) -> Any:
+    """``sampler`` with the RNG re-seeded from (seed, step) before each draw: a seeded stream draws
+    the same numbers however its steps interleave with other streams' on the worker (whose RNG
+    they share)."""
+    steps = itertools.count()
+
+    def sample(logprobs: mx.array) -> mx.array:
+        mx.random.seed(hash((seed, next(steps))) & 0xFFFF_FFFF_FFFF_FFFF)
+        return sampler(logprobs)
+
+    return sample
 
 
 def split_batch(batch: list, n: int) -> list[list]:
