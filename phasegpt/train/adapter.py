@@ -40,19 +40,13 @@ from mlx_lm.tuner.trainer import TrainingArgs, train
 from mlx_lm.tuner.utils import linear_to_lora_layers
 from mlx_lm.utils import save_config
 
+from phasegpt.tower import ATTENTION_KEYS, MLP_KEYS, projection_shapes
 from phasegpt.train.examples import REFUSAL_TAGS, REFUSAL_TEXTS, STYLES, make_chat_examples, tokenized_dataset
 
 # Re-exported so `from phasegpt.train.adapter import make_chat_examples` (cli_train) keeps working.
 __all__ = ["ATTENTION_KEYS", "MLP_KEYS", "REFUSAL_TAGS", "REFUSAL_TEXTS", "STYLES", "AdapterConfig",
            "adapter_size_bytes", "make_chat_examples", "response_loss", "train_adapter"]
 
-ATTENTION_KEYS: tuple[str, ...] = (
-    "self_attn.q_proj",
-    "self_attn.k_proj",
-    "self_attn.v_proj",
-    "self_attn.o_proj",
-)
-MLP_KEYS: tuple[str, ...] = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 
 
 @dataclass(frozen=True)
@@ -130,30 +124,6 @@ class AdapterConfig:
         return params
 
 
-def _linear_shapes(model_config: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
-    """(in, out) features of each linear layer of a llama/mistral-style block."""
-    try:
-        hidden = int(model_config["hidden_size"])
-        heads = int(model_config["num_attention_heads"])
-        inter = int(model_config["intermediate_size"])
-    except KeyError as e:
-        raise ValueError(
-            f"model config has no {e.args[0]!r}: pass the model's config.json "
-            "(a llama/mistral-style dense model)"
-        ) from None
-    kv_heads = int(model_config.get("num_key_value_heads") or heads)
-    head_dim = int(model_config.get("head_dim") or hidden // heads)
-    return {
-        "self_attn.q_proj": (hidden, heads * head_dim),
-        "self_attn.k_proj": (hidden, kv_heads * head_dim),
-        "self_attn.v_proj": (hidden, kv_heads * head_dim),
-        "self_attn.o_proj": (heads * head_dim, hidden),
-        "mlp.gate_proj": (hidden, inter),
-        "mlp.up_proj": (hidden, inter),
-        "mlp.down_proj": (inter, hidden),
-    }
-
-
 def adapter_size_bytes(
     model_config: Mapping[str, Any], cfg: AdapterConfig, *, dtype_bytes: int = 4
 ) -> int:
@@ -174,7 +144,7 @@ def adapter_size_bytes(
         ValueError: the config lacks a size, a key is not a known projection, or
             ``num_layers`` exceeds the model's layers.
     """
-    shapes = _linear_shapes(model_config)
+    shapes = projection_shapes(model_config)
     keys = shapes.keys() if cfg.keys is None else cfg.keys
     unknown = sorted(set(keys) - set(shapes))
     if unknown:
