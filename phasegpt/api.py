@@ -144,7 +144,7 @@ class Model:
 
     # --- classify -----------------------------------------------------------------------
     def classify(self, prompts: Sequence[Prompt], *, contexts: Sequence[Context] | None = None,
-                 batch_size: int = 16, metadata: dict | None = None) -> list[Verdict]:
+                 batch_size: int = 16, metadata: dict | Sequence[dict] | None = None) -> list[Verdict]:
         """Verdicts for many requests, from prefill only (no tokens are generated).
 
         Args:
@@ -153,7 +153,8 @@ class Model:
             contexts: retrieved documents per prompt (None, a string, or a list), same length.
             batch_size: prompts per forward step (on the CPU a step is split over the cores, at least
                 one prompt each).
-            metadata: free-form caller data written to the audit log with each record.
+            metadata: free-form caller data written to the audit log with each record: one dict
+                for all, or a list of one dict (or None) per prompt.
 
         Returns:
             One Verdict per prompt, in order.
@@ -173,6 +174,10 @@ class Model:
             raise ValueError(f"got {len(prompts)} prompts but {len(contexts)} contexts; pass one context (or None) per prompt")
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+        metas = [metadata] * len(prompts) if metadata is None or isinstance(metadata, dict) else list(metadata)
+        if len(metas) != len(prompts):
+            raise ValueError(f"got {len(prompts)} prompts but {len(metas)} metadata entries; pass one dict for all "
+                             "or one per prompt")
         requests = [self.prepare(p, c) for p, c in zip(prompts, contexts)]
         verdicts: list[Verdict | None] = [None] * len(requests)
         for idx in self.rounds([len(r.ids) for r in requests], batch_size):
@@ -181,7 +186,7 @@ class Model:
                 verdicts[i] = v
             per_item = (time.perf_counter() - t0) / len(idx)
             for i in idx:
-                self._record(verdicts[i], prompts[i], contexts[i], None, per_item, metadata)
+                self._record(verdicts[i], prompts[i], contexts[i], None, per_item, metas[i])
         return verdicts  # type: ignore[return-value]
 
     def rounds(self, lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
