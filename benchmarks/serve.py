@@ -123,6 +123,7 @@ def main() -> None:
 
         # 2. concurrent classify vs sequential library calls of the same prompts, in interleaved rounds
         per_round = args.requests // args.rounds
+        before = server.json("GET", "/health")[1]["classify_batches"]
         want: dict[int, object] = {}
         seq_times, lat, flat, ratios, t_seq, t_con = [], [], [], [], 0.0, 0.0
 
@@ -152,6 +153,9 @@ def main() -> None:
         lat = [t for _, t, _ in flat]
         cls_equal = sum(same(v, want[i]) for i, _, v in flat)
         speedup = median(ratios)
+
+        batches = server.json("GET", "/health")[1]["classify_batches"]
+        merged = (batches["prompts"] - before["prompts"]) / max(1, batches["calls"] - before["calls"])
 
         # 3. concurrent chat vs sequential generate
         n_chat = args.clients * args.chat
@@ -217,6 +221,7 @@ def main() -> None:
     print()
     print(table(["measurement", "library, sequential", "server, concurrent", "ratio", "target", "result"], rows))
     print()
+    print(f"The server merged {merged:.1f} concurrent classify requests per Model call on average.")
     print(f"Answered: {len(flat)}/{n_cls} classify and {len(chat_flat)}/{n_chat} chat requests. "
           f"Verdicts equal to the library's: {cls_equal}/{n_cls} classify, {chat_equal}/{n_chat} chat "
           f"(text identical too). Audit log: {len(records)} records under {len(ids)} request ids for {len(sent)} "

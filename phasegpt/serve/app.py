@@ -56,7 +56,8 @@ def create_app(engine: Engine, *, api_key: str | None = None) -> Starlette:
     started = int(time.time())
 
     async def health(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "model": engine.name, "active": engine.active})
+        return JSONResponse({"status": "ok", "model": engine.name, "active": engine.active,
+                             "classify_batches": engine.batches})
 
     async def models(request: Request, rid: str) -> Response:
         head = engine.model.head

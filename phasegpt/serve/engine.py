@@ -92,6 +92,7 @@ class Engine:
         self.limits = limits
         self.name = name or model.name
         self.active = 0
+        self.batches = {"calls": 0, "prompts": 0}  # classify calls made and prompts in them (GET /health)
         self._waiting: list[_Job] = []
         self._batcher: asyncio.Task | None = None
         # threads that wait on the Model's worker: one per admitted request is enough
@@ -165,6 +166,8 @@ class Engine:
             if not jobs:
                 continue
             items = [it for j in jobs for it in j.items]
+            self.batches["calls"] += 1
+            self.batches["prompts"] += len(items)
             try:
                 verdicts = await self._thread(self.model.classify, [it.prompt for it in items],
                                               contexts=[it.context for it in items],
