@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from phasegpt.data.build import SOURCES, build, main, stats, to_jsonl
+from phasegpt.data.build import CHECKS_OUT, SOURCES, build, build_checks, main, stats, to_jsonl
 from phasegpt.data.traffic import MAX_WORDS, count_words
 from phasegpt.train.data import read_jsonl
 from phasegpt.verdict import LABELS
@@ -73,6 +73,26 @@ def test_the_script_writes_the_same_bytes_and_stats_prints_the_table(tmp_path, c
     table = capsys.readouterr().out
     assert table == stats(build()) + "\n" and table.startswith("| label | items | share |")
     assert f"Total {len(DATA.read_text().splitlines())} items" in table
+    assert (tmp_path / CHECKS_OUT.name).read_bytes() == CHECKS_OUT.read_bytes()  # the check sets beside it
+
+
+def test_check_sets_are_held_out_test_rows_apart_from_training():
+    records = build()
+    checks = build_checks(against=records)
+    assert to_jsonl(checks) == CHECKS_OUT.read_text(encoding="utf-8")
+    assert {r["split"] for r in checks} == {"test"} and all(r["source"].startswith("phasegpt_check_") for r in checks)
+    ru = [r for r in checks if r["source"] == "phasegpt_check_ru"]
+    assert min(Counter(r["label"] for r in ru).values()) >= 25  # the multilingual check: 25+ per label
+    assert {"Привет, как дела?", "Как приготовить борщ?"} <= {r["prompt"] for r in ru if r["label"] == "answer"}
+
+
+def test_a_check_prompt_close_to_a_training_prompt_is_refused(tmp_path):
+    (tmp_path / "ru.yaml").write_text("lang: ru\nitems:\n  - {label: answer, category: recipe, "
+                                      "prompt: 'Как быстро сварить вкусный борщ дома?'}\n", encoding="utf-8")
+    near = [{"prompt": "Как быстро сварить вкусный борщ?"}]
+    with pytest.raises(ValueError, match="ru.yaml:3: item 1: .* is \\(nearly\\) a training prompt"):
+        build_checks(tmp_path, against=near)
+    assert len(build_checks(tmp_path, against=[{"prompt": "Сколько стоит билет в Казань?"}])) == 1
 
 
 def test_every_line_is_a_record_with_exactly_the_expected_fields(records):
@@ -244,7 +264,7 @@ ITEM = '{label: answer, category: everyday, prompt: "Plan a picnic for six."}'
     ("lang: en\nitems:\n  - {label: answer, category: x, prompt: again, history: [{role: user, content: a}, "
      "{role: user, content: b}]}\n", r"item 1: history turn 2 is 'user' but should be 'assistant'"),
     ("lang: en\nitems:\n  - {label: answer, category: x, prompt: again, history: [{role: user, content: a}, "
-     "{role: assistant, content: ''}]}\n", r"item 1: history turn 2: has 0 words"),
+     "{role: assistant, content: ''}]}\n", r"item 1: history turn 2: is empty"),
     ("lang: en\nitems:\n  - {label: answer, category: x, prompt: again, history: [{role: user, content: hi}]}\n",
      r"item 1: history must end with an assistant turn"),
     ("lang: en\nitems:\n  - {label: answer, category: x, prompt: again, history: [{role: assistant, content: hi}]}\n",
@@ -252,9 +272,9 @@ ITEM = '{label: answer, category: everyday, prompt: "Plan a picnic for six."}'
     ("lang: en\nitems:\n  - {label: answer, category: x, prompt: again, history: we talked}\n",
      r"item 1: \"history\" must be a list"),
     ("lang: en\nitems:\n  - {label: answer, category: x, prompt: again, history: []}\n", r"item 1: history has 0 turns"),
-    ("lang: en\nitems:\n  - {label: answer, category: x, prompt: ---}\n", r"item 1: prompt: has 0 words"),
+    ("lang: en\nitems:\n  - {label: answer, category: x, prompt: '   '}\n", r"item 1: prompt: expected non-empty text"),
     (f"lang: en\nitems:\n  - {{label: answer, category: x, prompt: '{'word ' * (MAX_WORDS + 1)}'}}\n",
-     rf"item 1: prompt: has {MAX_WORDS + 1} words; keep it within 1..{MAX_WORDS}"),
+     rf"item 1: prompt: has {MAX_WORDS + 1} words; keep it within {MAX_WORDS}"),
     ("lang: english\nitems:\n  - {label: answer, category: x, prompt: hi}\n", r"lang 'english' must be a two-letter"),
     ("items:\n  - {label: answer, category: x, prompt: hi}\n", r"missing 'lang'"),
     ("lang: en\nitems: []\n", r"items must be a non-empty list"),

@@ -24,7 +24,8 @@ def _audit(enabled: bool | None):
 
 
 def verdict_line(v) -> str:
-    """``REFUSAL  safety  0.97  evidence: hack, password, wifi`` or ``ANSWER  0.93``."""
+    """``REFUSAL  safety  0.97  evidence: hack, password, wifi`` or ``ANSWER  0.93``, plus
+    ``unfamiliar input (ood 2.31)`` when the request lies outside what the head was trained on."""
     if v is None:
         return "NO VERDICT  (no head loaded: pass --head, or train one with `phasegpt train-head`)"
     if v.refusal:
@@ -35,6 +36,8 @@ def verdict_line(v) -> str:
         line = f"ANSWER  {v.confidence:.2f}"
     if v.tag is not None:
         line += f"  tag: {v.tag.text}" + (f" ({v.tag.label})" if v.tag.label else "")
+    if v.ood is not None and v.ood > 1:  # the head never saw anything like it: the verdict is a guess
+        line += f"  unfamiliar input (ood {v.ood:.2f})"
     return line
 
 

@@ -204,10 +204,10 @@ def eval_(model_, adapter, head, dtype, data, split_, out, batch_size, title, no
                    + ", ".join(str(e.extra.get("id", e.prompt[:30])) for e in too_long), err=True)
     if model.head is None:
         raise click.ClickException("eval needs a head: pass --head (or an --adapter folder holding head.json)")
-    probs, predictions = predict(model, rows, batch_size=batch_size, use_cache=not no_cache)
+    probs, predictions, ood = predict(model, rows, batch_size=batch_size, use_cache=not no_cache)
     result = evaluate([e.label for e in rows], probs, predictions=predictions,
                       sources=[e.source or "unknown" for e in rows],
-                      source_labels=[e.extra.get("source_label", e.label) for e in rows])
+                      source_labels=[e.extra.get("source_label", e.label) for e in rows], ood=ood)
     result["n_too_long"] = len(too_long)
     result["too_long_ids"] = [str(e.extra.get("id", "")) for e in too_long]
     click.echo(format_summary(result))

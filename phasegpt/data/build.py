@@ -1,6 +1,6 @@
 """Build phasegpt/data/prompts.jsonl from the YAML sources beside it.
 
-    python scripts/make_prompts.py            # rewrite phasegpt/data/prompts.jsonl
+    python scripts/make_prompts.py            # rewrite phasegpt/data/prompts.jsonl and checks.jsonl
     python scripts/make_prompts.py --stats    # print counts per label and category (README table)
 
 The generated sources (``sources/*.yaml``, read in ``ORDER``) are expanded, given register
@@ -16,13 +16,14 @@ import argparse
 import dataclasses
 import json
 import random
+import re
 import sys
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from phasegpt.data.generated import read_source
-from phasegpt.data.items import Item, load_yaml, mapping, strings
+from phasegpt.data.items import Item, fold, load_yaml, mapping, strings
 from phasegpt.data.traffic import as_row, read_traffic_dir
 from phasegpt.verdict import LABELS
 
@@ -30,6 +31,8 @@ SEED = 20251122
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "prompts.jsonl"
 SOURCES = HERE / "sources"
+CHECKS = HERE / "checks"  # held-out check sets: written for testing, never trained on
+CHECKS_OUT = HERE / "checks.jsonl"
 # Every generated item's place in the random draws, and so every id, follows this order:
 # put a new source file at the end, never in between.
 ORDER = ("harm_cores", "safety", "epistemic", "missing_context", "answer", "rag", "long", "contrast", "small_talk")
@@ -143,6 +146,42 @@ def build(seed: int = SEED, *, sources: Path = SOURCES, traffic: Path | None = N
     ]
 
 
+NEAR, NEAR_MIN_WORDS = 0.6, 4  # word-set overlap (Jaccard) at which a check prompt of 4+ words counts as a training prompt (shorter ones: exact only)
+
+
+def _word_set(text: str) -> set[str]:
+    return set(re.findall(r"\w+", text.casefold()))
+
+
+def build_checks(folder: Path = CHECKS, *, against: Sequence[Mapping] = ()) -> list[dict]:
+    """The held-out check sets (``checks/*.yaml``, the traffic schema) as records: ids ``ck-<n>``,
+    ``split: test``, ``source: phasegpt_check_<file>``; never read by training (``split`` is test).
+
+    Raises:
+        ValueError: a malformed file, or a check prompt that is also a training prompt in ``against``.
+    """
+    items = read_traffic_dir(folder)
+    index: dict[str, list[set[str]]] = {}  # word -> word sets of the training prompts that hold it
+    for r in against:
+        words = _word_set(r["prompt"])
+        for w in words:
+            index.setdefault(w, []).append(words)
+    exact = {fold(r["prompt"]) for r in against}
+    for it in items:
+        words = _word_set(it.prompt)
+        if it.history:
+            continue
+        near = [words] if fold(it.prompt) and fold(it.prompt) in exact else [] if len(words) < NEAR_MIN_WORDS else \
+            [t for w in words for t in index.get(w, ()) if len(words & t) >= NEAR * len(words | t)]
+        if near:
+            raise ValueError(f"{it.where}: {it.prompt!r} is (nearly) a training prompt ({' '.join(sorted(near[0]))!r}); "
+                             "a check set must be held out: reword one of them or drop the training item")
+    return [{"id": f"ck-{i}", "prompt": it.prompt, "context": None, "label": it.label, "category": it.category,
+             "split": "test", "source": "phasegpt_check_" + it.where.split(":")[0].rsplit("/", 1)[-1][:-len(".yaml")],
+             **as_row(it)}
+            for i, it in enumerate(items, start=1)]
+
+
 def to_jsonl(records: Sequence[Mapping]) -> str:
     """One compact JSON object per line, UTF-8 characters kept as written."""
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
@@ -181,12 +220,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.stats:
         print(stats(records))
         return 0
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    # Write beside the target and rename, so a failure never leaves half a file.
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    tmp.write_text(to_jsonl(records), encoding="utf-8")
-    tmp.replace(args.out)
-    print(f"wrote {len(records)} prompts to {args.out}")
+    try:
+        checks = build_checks(against=records)
+    except (ValueError, FileNotFoundError) as e:
+        parser.exit(1, f"error: {e}\n")
+    for out, rows, what in ((args.out, records, "prompts"), (args.out.with_name(CHECKS_OUT.name), checks, "check prompts")):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        # Write beside the target and rename, so a failure never leaves half a file.
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(to_jsonl(rows), encoding="utf-8")
+        tmp.replace(out)
+        print(f"wrote {len(rows)} {what} to {out}")
     return 0
 
 

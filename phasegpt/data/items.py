@@ -19,8 +19,8 @@ CATEGORY = re.compile(r"[a-z][a-z_]*")
 class Item:
     """One labelled prompt before numbering.
 
-    ``context`` is a tuple of (id, text) documents; ``lang``, ``history`` and ``pair`` are
-    set only by traffic files; ``where`` names the file (and item) it came from, for errors.
+    ``context`` is a tuple of (id, text) documents; ``lang``, ``history``, ``pair`` and ``kind``
+    are set only by traffic and check files; ``where`` names the file (and item) it came from, for errors.
     """
 
     prompt: str
@@ -30,6 +30,7 @@ class Item:
     lang: str = "en"
     history: tuple[dict[str, str], ...] = ()
     pair: str | None = None
+    kind: str | None = None  # check sets: the script or format a far-from-training item is in (zh, fmt_url ...)
     where: str = field(default="", compare=False)
 
     @property

@@ -10,6 +10,7 @@ or its history present), and the pair id is unique within the file.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -31,18 +32,21 @@ _RUN = re.compile("[\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff]+")
 def count_words(s: str) -> int:
     """Words in ``s`` for length limits, in any script.
 
-    Space-separated tokens with a letter or digit count one each; scripts that do not put
+    Space-separated tokens with a letter, digit or pictograph (emoji) count one each; scripts that do not put
     spaces between words are counted by characters (see ``_EACH`` and ``_RUN``).
     """
     n = len(_EACH.findall(s)) + sum(-(-len(run) // 4) for run in _RUN.findall(s))
     rest = _RUN.sub(" ", _EACH.sub(" ", s))
-    return n + sum(1 for token in rest.split() if any(c.isalnum() for c in token))
+    # a letter, a digit or a pictograph makes a word: "👋😊" is a whole message
+    return n + sum(1 for token in rest.split() if any(c.isalnum() or unicodedata.category(c) == "So" for c in token))
 
 
 def _words(s: str, where: str) -> str:
-    n = count_words(s)
-    if not 1 <= n <= MAX_WORDS:
-        raise ValueError(f"{where}: has {n} words; keep it within 1..{MAX_WORDS}")
+    if not s.strip():
+        raise ValueError(f"{where}: is empty; write the request")
+    n = count_words(s)  # Morse code or a bare "???" has no words but is a message all the same
+    if n > MAX_WORDS:
+        raise ValueError(f"{where}: has {n} words; keep it within {MAX_WORDS}")
     return s
 
 
@@ -76,7 +80,7 @@ def _history(turns: object, where: str) -> tuple[dict[str, str], ...]:
 
 
 def _item(raw: object, where: str, lang: str, stem: str) -> Item:
-    it = mapping(raw, where, ["label", "category", "prompt"], ["pair", "history"])
+    it = mapping(raw, where, ["label", "category", "prompt"], ["pair", "history", "kind"])
     if it["label"] not in LABELS:
         raise ValueError(f"{where}: unknown label {it['label']!r}; use one of {', '.join(LABELS)}")
     cat = category(it["category"], where)
@@ -87,8 +91,11 @@ def _item(raw: object, where: str, lang: str, stem: str) -> Item:
         raise ValueError(f"{where}: pair {pair!r} must be text such as mi-001 (quote numbers)")
     history = _history(it["history"], where) if "history" in it else ()
     # Pair ids are unique within a file only; the file's name makes them unique in the output.
+    kind = it.get("kind")
+    if kind is not None and not (isinstance(kind, str) and re.fullmatch(r"[a-z][a-z0-9_]*", kind)):
+        raise ValueError(f"{where}: kind {kind!r} must be a snake_case name such as zh or fmt_url")
     return Item(prompt, it["label"], cat, lang=lang, history=history,
-                pair=None if pair is None else f"{stem}:{pair}", where=where)
+                pair=None if pair is None else f"{stem}:{pair}", kind=kind, where=where)
 
 
 def read_traffic(path: Path) -> list[Item]:
@@ -103,8 +110,9 @@ def read_traffic(path: Path) -> list[Item]:
     doc, node = load_yaml(path)
     doc = mapping(doc, str(path), ["lang", "items"])
     lang = doc["lang"]
-    if not isinstance(lang, str) or not _LANG.fullmatch(lang):
-        raise ValueError(f"{path}: lang {lang!r} must be a two-letter ISO 639-1 code such as en, ru or de")
+    if not isinstance(lang, str) or not (_LANG.fullmatch(lang) or lang == "mul"):
+        raise ValueError(f"{path}: lang {lang!r} must be a two-letter ISO 639-1 code such as en, ru or de "
+                         "(or mul for a file of many, each item naming its own in kind)")
     if not isinstance(doc["items"], list) or not doc["items"]:
         raise ValueError(f"{path}: items must be a non-empty list")
     lines = _item_lines(node)
@@ -143,4 +151,6 @@ def as_row(item: Item) -> Mapping[str, object]:
         extra["history"] = [dict(t) for t in item.history]
     if item.pair is not None:
         extra["pair"] = item.pair
+    if item.kind is not None:
+        extra["kind"] = item.kind
     return extra

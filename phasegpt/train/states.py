@@ -150,3 +150,46 @@ def extract_states(model, examples: Sequence, layers: Sequence[int], *, batch_si
         if bar is not None:
             bar.render_finish()
     return StateCache(cache.folder, layers, cache.hidden)
+
+
+def head_probs(head, cache: StateCache, examples: Sequence, *, batch_tokens: int = 8192) -> tuple[np.ndarray, np.ndarray | None]:
+    """A head's probabilities (N, C), after its OOD adjustment, and OOD scores (N,) or None, from cached
+    states: what ``Model.classify`` gives, to the cache's float16 rounding, without the base model.
+
+    Args:
+        head: a ``Head`` (a tower head attached to its base) whose layers the cache holds.
+        cache: the state cache of the head's base model.
+        examples: rows whose states are cached.
+    """
+    layers = list(head.config.layers)
+    if missing := sorted(set(layers) - set(cache.layers)):
+        raise ValueError(f"the cache holds layers {cache.layers}, the head reads {missing} too; extract them first")
+    rows = [cache.rows[e.key] for e in examples]
+    order = sorted(range(len(rows)), key=lambda i: rows[i][1])
+    probs = np.zeros((len(rows), len(head.config.labels)))
+    ood = np.zeros(len(rows)) if head.config.ood_q99 is not None else None
+    start = 0
+    while start < len(order):  # batches of similar length, at most batch_tokens padded positions
+        end = start + 1
+        while end < len(order) and (end - start + 1) * rows[order[end]][1] <= batch_tokens:
+            end += 1
+        idx = order[start:end]
+        width = max(rows[i][1] for i in idx)
+        hidden = {}
+        for layer in layers:
+            x = np.zeros((len(idx), width, cache.hidden), np.float16)
+            for b, i in enumerate(idx):
+                offset, n, _, _ = rows[i]
+                x[b, :n] = cache.view(layer)[offset:offset + n]
+            hidden[layer] = mx.array(x).astype(mx.float32)
+        lengths = mx.array([rows[i][1] for i in idx])
+        spans = mx.array([[rows[i][2], rows[i][3]] for i in idx])
+        feats = head.pool(head.states(hidden), lengths, spans)
+        p, o = head.probs(feats), head.ood(feats)
+        p = np.array(p, dtype=np.float64)
+        o = None if o is None else np.array(o, dtype=np.float64)
+        probs[idx] = head.adjust(p, o)
+        if ood is not None:
+            ood[idx] = o
+        start = end
+    return probs, ood
