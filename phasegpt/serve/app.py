@@ -133,11 +133,18 @@ def create_app(engine: Engine, *, api_key: str | None = None) -> Starlette:
             # the verdict rides on the first event, before any text
             yield event([ChunkChoice(delta=Delta(role="assistant", content=""))], phasegpt=VerdictOut.of(first.verdict))
             text, last = "", first
-            async for c in chunks:
-                text += c.text
-                last = c
-                if c.text:
-                    yield event([ChunkChoice(delta=Delta(content=c.text))])
+            try:
+                async for c in chunks:
+                    text += c.text
+                    last = c
+                    if c.text:
+                        yield event([ChunkChoice(delta=Delta(content=c.text))])
+            except Exception as e:  # noqa: BLE001  (the 200 is sent: say it in the stream, as OpenAI does)
+                log.error("request %s: stream failed after its first event: %s", rid, e)
+                error = APIError(503 if isinstance(e, AuditError) else 500, f"the stream failed: {e}",
+                                 code="audit_unavailable" if isinstance(e, AuditError) else "internal_error")
+                yield f"data: {json.dumps(error.body(), ensure_ascii=False)}\n\n"
+                return
             finish = FINISH.get(last.finish_reason or "stop", "stop")
             refusal = refusal_text(first.verdict) if finish == "content_filter" else None
             # the last event repeats the verdict with any typed tag found in the text

@@ -125,8 +125,9 @@ class Engine:
         """
         for item in items:
             if item.context and len(item.context) > self.limits.max_documents:
+                where = "documents" if item.param == "messages" else f"{item.param}.documents"
                 raise RequestError(f"{len(item.context)} documents were sent; at most {self.limits.max_documents} "
-                                   "are read per request: send the most relevant ones", param="documents",
+                                   "are read per request: send the most relevant ones", param=where,
                                    code="too_many_documents")
         return await self._thread(self._count, items)
 

@@ -30,13 +30,16 @@ class APIError(Exception):
         self.status, self.message, self.param, self.code = status, message, param, code
         self.headers = headers or {}
 
+    def body(self) -> dict:
+        detail = ErrorDetail(message=self.message, type=TYPES.get(self.status, "invalid_request_error"),
+                             param=self.param, code=self.code)
+        return ErrorResponse(error=detail).model_dump()
+
     def response(self, request_id: str | None = None) -> JSONResponse:
-        body = ErrorResponse(error=ErrorDetail(message=self.message, type=TYPES.get(self.status, "invalid_request_error"),
-                                               param=self.param, code=self.code))
         headers = dict(self.headers)
         if request_id:
             headers["X-Request-ID"] = request_id
-        return JSONResponse(body.model_dump(), status_code=self.status, headers=headers)
+        return JSONResponse(self.body(), status_code=self.status, headers=headers)
 
 
 def field_path(loc: tuple[Any, ...]) -> str:
