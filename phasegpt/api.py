@@ -12,10 +12,12 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import math
+import numbers
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -170,10 +172,13 @@ class Model:
             raise ValueError("classify takes a list of requests; wrap a single conversation as [messages]")
         if contexts is None:
             contexts = [None] * len(prompts)
+        if isinstance(contexts, (str, bytes, Mapping)) or not isinstance(contexts, Sequence):
+            raise ValueError(f"contexts must be a list with one entry per prompt (None, a document or a list of "
+                             f"documents), not a {type(contexts).__name__}; for one document each pass [doc, ...]")
         if len(contexts) != len(prompts):
             raise ValueError(f"got {len(prompts)} prompts but {len(contexts)} contexts; pass one context (or None) per prompt")
-        if batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+            raise ValueError(f"batch_size must be a whole number >= 1, not {batch_size!r}")
         metas = [metadata] * len(prompts) if metadata is None or isinstance(metadata, dict) else list(metadata)
         if len(metas) != len(prompts):
             raise ValueError(f"got {len(prompts)} prompts but {len(metas)} metadata entries; pass one dict for all "
@@ -301,11 +306,15 @@ class Model:
         return tuple(out)
 
     # --- generate / stream --------------------------------------------------------------
-    @_on_worker_stream
     def stream(self, prompt: Prompt, *, context: Context = None, max_tokens: int = 256, temp: float = 0.0,
                top_p: float = 1.0, seed: int | None = None, stop_on_refusal: bool = False,
                metadata: dict | None = None) -> Iterator[Chunk]:
         """Yield the verdict chunk first, then one chunk per generated token.
+
+        With an audit log, the verdict's record is committed before the verdict chunk is
+        yielded: if that write fails the stream raises ``AuditError`` and yields no text (fail
+        closed). When the stream ends (or is abandoned), a ``"completion"`` record linked to it
+        carries the response's hash, tag and finish reason.
 
         Args:
             prompt: the request: a prompt string or a conversation (``{"role", "content"}`` messages
@@ -318,9 +327,21 @@ class Model:
             stop_on_refusal: stop after the verdict chunk when it is a refusal.
             metadata: free-form caller data for the audit log.
 
-        Each step runs on the MLX worker thread, one token per queued step, so concurrent
-        callers interleave token by token; closing the stream early closes it there too.
+        Each step runs on the MLX worker thread (``_stream`` is advanced there, one token per
+        queued step), so concurrent callers interleave token by token; closing the stream early
+        closes it there too. ``generate`` runs the same steps.
+
+        Raises:
+            ValueError: a malformed request or option (options are checked at the call, the
+                request at the first ``next``).
+            AuditError: the verdict could not be logged (before any text).
         """
+        check_sampling(max_tokens, temp, top_p, seed)
+        return self._stream(prompt, context, max_tokens, temp, top_p, seed, stop_on_refusal, metadata, log_first=True)
+
+    @_on_worker_stream
+    def _stream(self, prompt: Prompt, context: Context, max_tokens: int, temp: float, top_p: float,
+                seed: int | None, stop_on_refusal: bool, metadata: dict | None, *, log_first: bool) -> Iterator[Chunk]:
         from mlx_lm import stream_generate
         from mlx_lm.sample_utils import make_sampler
 
@@ -332,6 +353,7 @@ class Model:
         t0 = time.perf_counter()
         layers = self.head.config.layers if self.head else ()
         text, verdict, finish = "", None, "abandoned"
+        logged, first_id = True, None  # whether the end of the stream gets its record, and what it completes
         ready: dict[str, mx.array] = {}
 
         def prepare(taps):  # inside the last prefill call: queue the head before the first decode step
@@ -350,6 +372,13 @@ class Model:
                 first = next(gen)  # prefill done (and the first token sampled): the head has run too
             if self.head is not None:
                 verdict = self._verdict(ready["probs"], ready["z"], request, ready.get("ood"))
+            if log_first:  # fail closed: no chunk leaves before its verdict is in the log
+                try:
+                    first_id = self._record(verdict, prompt, context, None, time.perf_counter() - t0, metadata)
+                except BaseException:
+                    logged = False
+                    gen.close()
+                    raise
             stop = stop_on_refusal and verdict is not None and verdict.refusal
             yield Chunk("", verdict, None, len(ids), 0, first.prompt_tps, 0.0, "refusal" if stop else None,
                         time.perf_counter() - t0)
@@ -363,20 +392,29 @@ class Model:
                 yield Chunk(r.text, None, r.token, len(ids), r.generation_tokens, r.prompt_tps, r.generation_tps,
                             r.finish_reason, time.perf_counter() - t0)
         finally:  # also when the caller abandons the stream: the record must not be lost
-            self._record(self.with_tag(verdict, text), prompt, context, text, time.perf_counter() - t0, metadata,
-                         finish)
+            if logged:
+                self._record(self.with_tag(verdict, text), prompt, context, text, time.perf_counter() - t0, metadata,
+                             finish, completes=first_id)
 
     def generate(self, prompt: Prompt, *, context: Context = None, max_tokens: int = 256, temp: float = 0.0,
                  top_p: float = 1.0, seed: int | None = None, stop_on_refusal: bool = False,
                  metadata: dict | None = None) -> Result:
-        """Generate a response and the verdict for it (a loop over ``stream``).
+        """Generate a response and the verdict for it (a loop over the stream ``stream`` yields).
+
+        With an audit log, one record holds the verdict and the response, written before this
+        returns: if the write fails it raises ``AuditError`` and no text is returned.
 
         Returns:
             Result with the text, the verdict (with any typed tag found in the text),
             token counts and timings.
+
+        Raises:
+            ValueError: a malformed request or option.
+            AuditError: the record could not be written.
         """
-        chunks = list(self.stream(prompt, context=context, max_tokens=max_tokens, temp=temp, top_p=top_p,
-                                  seed=seed, stop_on_refusal=stop_on_refusal, metadata=metadata))
+        check_sampling(max_tokens, temp, top_p, seed)
+        chunks = list(self._stream(prompt, context, max_tokens, temp, top_p, seed, stop_on_refusal, metadata,
+                                   log_first=False))
         first, last = chunks[0], chunks[-1]
         text = "".join(c.text for c in chunks)
         return Result(text=text, verdict=self.with_tag(first.verdict, text), prompt_tokens=first.prompt_tokens,
@@ -398,21 +436,41 @@ class Model:
                        adapter_sha256=self.loaded.adapter_sha256)
 
     def _record(self, verdict: Verdict | None, prompt: Prompt, context: Context, response: str | None,
-                duration: float, metadata: dict | None, finish: str | None = None) -> None:
-        """Write one audit record (when a log is attached and there is a verdict).
+                duration: float, metadata: dict | None, finish: str | None = None,
+                completes: str | None = None) -> str | None:
+        """Write one audit record (when a log is attached and there is a verdict); its id, or None.
 
         A conversation is recorded as its canonical JSON (the messages, keys sorted), so its
         keyed hash covers every turn and ``store_text`` keeps the whole exchange."""
         if self.audit is None or verdict is None:
-            return
+            return None
         if not isinstance(prompt, str):
             prompt = json.dumps([dict(m) for m in prompt], ensure_ascii=False, sort_keys=True)
         meta = dict(metadata or {})
         if finish:
             meta.setdefault("finish_reason", finish)
         docs = None if context is None else ([context] if isinstance(context, (str, dict)) else list(context))
-        self.audit.record(verdict, prompt=prompt, contexts=docs, response=response,
-                          source=self.source, duration=duration, metadata=meta)
+        return self.audit.record(verdict, prompt=prompt, contexts=docs, response=response,
+                                 source=self.source, duration=duration, metadata=meta, completes=completes)
+
+
+def check_sampling(max_tokens: Any, temp: Any, top_p: Any, seed: Any) -> None:
+    """Raise ValueError naming the option unless the generation options make sense (checked
+    before any work, so a typo costs nothing)."""
+    def whole(x: Any) -> bool:
+        return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+    def real(x: Any) -> bool:
+        return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
+
+    if not whole(max_tokens) or max_tokens < 1:
+        raise ValueError(f"max_tokens must be a whole number >= 1, not {max_tokens!r}")
+    if not real(temp) or temp < 0:
+        raise ValueError(f"temp must be a number >= 0 (0 = greedy), not {temp!r}")
+    if not real(top_p) or not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be a number in (0, 1], not {top_p!r}")
+    if seed is not None and (not whole(seed) or seed < 0):
+        raise ValueError(f"seed must be a whole number >= 0 or None, not {seed!r}")
 
 
 def cpu_streams() -> int:
@@ -555,7 +613,7 @@ def default_head_dir() -> Path:
 
 def load(model: str | Path | None = None, *, adapter: str | Path | None = None, head: str | Path | None = None,
          dtype: str = "auto", fuse: bool = False, audit: Any = None, template: str = RAG_TEMPLATE,
-         system: str | None = None) -> Model:
+         system: str | None = None, allow_base_mismatch: bool = False) -> Model:
     """Load a chat model, optionally with a LoRA adapter, a refusal-reason head and an audit log.
 
     Args:
@@ -568,6 +626,8 @@ def load(model: str | Path | None = None, *, adapter: str | Path | None = None, 
         audit: an ``AuditLog``, or True for the default log at ``$PHASEGPT_HOME/audit.db``.
         template: the RAG template (``{documents}`` and ``{question}``).
         system: an optional system message.
+        allow_base_mismatch: load an adapter that ``phasegpt train-adapter`` trained on another
+            base model (it is refused otherwise; see ``loading.load_model``).
 
     Returns:
         A Model with ``classify``, ``generate`` and ``stream``.
@@ -584,7 +644,7 @@ def load(model: str | Path | None = None, *, adapter: str | Path | None = None, 
             head = shipped
     elif head is None and adapter is not None and (Path(adapter) / "head.json").is_file():
         head = adapter
-    loaded = load_model(model, adapter=adapter, dtype=dtype, fuse=fuse)
+    loaded = load_model(model, adapter=adapter, dtype=dtype, fuse=fuse, allow_base_mismatch=allow_base_mismatch)
     if audit is True:
         from phasegpt.audit import AuditLog
 

@@ -160,6 +160,8 @@ def test_train_tower_learns_and_is_deterministic(base, tiny_data, tmp_path):
     assert a.params.keys() == b.params.keys()
     assert all(mx.array_equal(a.params[k], b.params[k]).item() for k in a.params)
     assert a.config.ood_q99 > 0 and a.config.temperature > 0
+    dev = [v.ood for v in phasegpt.Model(base.loaded, a).classify([e.prompt for e in tiny_data[1]])]
+    assert 0.9 <= np.mean(np.array(dev) <= 1.0)  # 1 is the dev 99th percentile (float16 states in training)
 
 
 def test_interrupted_training_resumes_to_the_same_head(base, tiny_data, tmp_path, monkeypatch):

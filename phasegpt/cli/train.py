@@ -162,7 +162,7 @@ def train_adapter(model_, adapter, head, dtype, data, out, style, iters, rank, n
                         learning_rate=learning_rate, seed=seed)
     path = run(net, tok, make_chat_examples(records(train), tok, style=style, model=net, progress=True),
                make_chat_examples(records(dev), tok, style=style, model=net, progress=True), out, config=cfg,
-               base_model=model.name)
+               base_model=model.name, base_fingerprint=model.loaded.fingerprint)
     click.echo(f"wrote {path}")
 
 

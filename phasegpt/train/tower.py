@@ -41,12 +41,19 @@ from mlx.utils import tree_flatten, tree_unflatten
 from phasegpt.head import TOWER_PREFIX, Head, HeadConfig, pool
 from phasegpt.paths import user_dir
 from phasegpt.tower import ALL_KEYS, Tower, TowerConfig
-from phasegpt.train.fit_head import _balance, _softmax, calibrate, macro_f1, tune_thresholds
+from phasegpt.train.fit_head import (
+    OOD_ROWS,
+    _balance,
+    _softmax,
+    calibrate,
+    distances,
+    macro_f1,
+    ood_statistic,
+    tune_thresholds,
+)
 from phasegpt.verdict import LABELS
 
 CHECKPOINT_EVERY = 300.0  # seconds between resumable checkpoints
-OOD_ROWS = 4000           # training rows the OOD statistic is estimated on
-OOD_SHRINK = 0.05         # covariance shrinkage towards its diagonal mean (stabilises 256-D whitening)
 
 
 @dataclass(frozen=True)
@@ -332,22 +339,6 @@ def _finish(net, src_tr, src_dv, ytr, ydv, fit, identity, state, seconds, log, m
     head = Head(config, {k: mx.array(v) for k, v in arrays.items()})
     head.attach(model.loaded.model)
     return head
-
-
-def ood_statistic(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and whitening matrix of rows ``u`` (N, k): ``(u - mean) @ whiten`` has identity covariance
-    (under a covariance shrunk a little towards its mean variance)."""
-    mean = u.mean(axis=0)
-    cov = np.cov(u - mean, rowvar=False)
-    cov = (1 - OOD_SHRINK) * cov + OOD_SHRINK * np.eye(len(cov)) * np.trace(cov) / len(cov)
-    chol = np.linalg.cholesky(cov)
-    return mean.astype(np.float32), np.linalg.inv(chol).T.astype(np.float32)
-
-
-def distances(u: np.ndarray, mean: np.ndarray, whiten: np.ndarray) -> np.ndarray:
-    """Mahalanobis distances of rows ``u`` (see ``ood_statistic``)."""
-    d = (u - mean) @ whiten
-    return np.sqrt((d * d).sum(axis=1))
 
 
 def _run_dir(model, train, dev, fit: TowerFit) -> Path:
