@@ -231,6 +231,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5, help="interleaved single-caller rounds")
     p.add_argument("--max-tokens", type=int, default=32, help="tokens per stream")
     p.add_argument("--design-runs", type=int, default=8, help="subprocess exits per design")
+    p.add_argument("--sections", default="single,many,design", help="which of the three to run (comma-separated)")
     args = p.parse_args()
     print(f"$ python benchmarks/threads.py {' '.join(sys.argv[1:])}".strip(), flush=True)
 
@@ -239,14 +240,18 @@ def main() -> None:
     model = phasegpt.Model(base.loaded, Head.load(head_dir))
     prompts = [q for q, _ in common.synthetic_prompts(96, seed=2)]
 
-    rows, same = single_caller(model, prompts, args.rounds, args.max_tokens)
-    print()
-    print(table(["single caller", "inline (before)", "worker (now)", "speed ratio", "target", "result"], rows))
-    print(f"\nGreedy text identical through the worker and inline: {'yes' if same else 'NO'}.\n")
-    print(table(["many callers", "serial / lock", "worker", "ratio"], four_callers(model, prompts, args.max_tokens)))
-    print()
-    print(table(["design", "4 threads generating at once: process survives", "OS threads left by 5 ended threads",
-                 "aborts at exit"], designs(args.design_runs)))
+    sections = set(args.sections.split(","))
+    if "single" in sections:
+        rows, same = single_caller(model, prompts, args.rounds, args.max_tokens)
+        print()
+        print(table(["single caller", "inline (before)", "worker (now)", "speed ratio", "target", "result"], rows))
+        print(f"\nGreedy text identical through the worker and inline: {'yes' if same else 'NO'}.\n")
+    if "many" in sections:
+        print(table(["many callers", "serial / lock", "worker", "ratio"], four_callers(model, prompts, args.max_tokens)))
+        print()
+    if "design" in sections:
+        print(table(["design", "4 threads generating at once: process survives", "OS threads left by 5 ended threads",
+                     "aborts at exit"], designs(args.design_runs)))
     print(f"\nMachine: {common.machine_line()}")
 
 

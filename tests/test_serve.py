@@ -83,11 +83,13 @@ def test_stream_sends_the_verdict_first_then_the_text(server, library):
     assert len(ends) == 1 and ends[0].choices[0].finish_reason == want.finish_reason
     assert chunks[-1].usage.completion_tokens == want.generation_tokens and not chunks[-1].choices
 
-    # the same over raw HTTP: SSE in OpenAI's chunk format, ending with [DONE]
+    # the same over raw HTTP: SSE in OpenAI's chunk format, ending with [DONE]; the verdict in headers too
     status, headers, raw = server.request("POST", "/v1/chat/completions", {
         "model": NAME, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10, "stream": True})
     events = sse_events(raw)
     assert status == 200 and headers["content-type"].startswith("text/event-stream")
+    assert headers["x-phasegpt-label"] == want.verdict.label and headers["x-phasegpt-refusal"] == "true"
+    assert abs(float(headers["x-phasegpt-confidence"]) - want.verdict.confidence) < 1e-4
     assert events[-1] == "[DONE]" and all(e["object"] == "chat.completion.chunk" for e in events[:-1])
     assert "phasegpt" in events[0] and "phasegpt" not in events[1]
 

@@ -109,7 +109,7 @@ def create_app(engine: Engine, *, api_key: str | None = None) -> Starlette:
                                   usage=Usage(prompt_tokens=r.prompt_tokens, completion_tokens=r.generation_tokens,
                                               total_tokens=r.prompt_tokens + r.generation_tokens),
                                   phasegpt=VerdictOut.of(r.verdict))
-            return JSONResponse(body.model_dump())
+            return JSONResponse(body.model_dump(), headers=verdict_headers(r.verdict))
 
         # Streaming: everything that can fail (admission, checks, prefill, the audit write of the
         # verdict) happens before the 200 goes out, so a failure still gets its status code.
@@ -156,7 +156,7 @@ def create_app(engine: Engine, *, api_key: str | None = None) -> Starlette:
                                             total_tokens=first.prompt_tokens + n))
             yield "data: [DONE]\n\n"
 
-        return EventStream(events(), stack.aclose, headers={"X-Request-ID": rid})
+        return EventStream(events(), stack.aclose, headers={"X-Request-ID": rid, **verdict_headers(first.verdict)})
 
     routes = [
         Route("/health", health, methods=["GET"]),
@@ -283,6 +283,15 @@ def audit_meta(rid: str, user: str | None, metadata: dict | None) -> dict:
     if metadata:
         meta["client"] = dict(metadata)
     return meta
+
+
+def verdict_headers(verdict) -> dict[str, str]:
+    """The verdict's label and confidence as response headers too: some frameworks pass on a
+    response's headers (LangChain's ``include_response_headers``) but drop unknown body fields."""
+    if verdict is None:
+        return {}
+    return {"X-Phasegpt-Label": verdict.label, "X-Phasegpt-Confidence": f"{verdict.confidence:.4f}",
+            "X-Phasegpt-Refusal": "true" if verdict.refusal else "false"}
 
 
 def refusal_text(verdict) -> str:
