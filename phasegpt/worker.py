@@ -3,24 +3,26 @@
 MLX streams belong to the thread that made them, and so do the lazy arrays built on them: work
 queued in one thread cannot be evaluated in another ("There is no Stream(cpu, 0) in current
 thread"). Each thread that touches MLX gets streams of its own, which are OS threads that
-outlive it; a process whose threads did MLX work and ended can abort as it exits. And the tap
-swaps ``model.layers`` for the length of a forward pass, which another thread's pass would
-run through. Measured on this project's 2-core machine (benchmarks/threads.py and the tests):
+outlive it, and a thread that ends while its streams exist can make the interpreter abort at exit
+("terminate called without an active exception"). And the tap swaps ``model.layers`` for the
+length of a forward pass, which another thread's pass would run through. Measured on this
+project's 2-core machine (benchmarks/threads.py, BENCHMARKS.md):
 
-* per-thread streams alone (each caller runs its own MLX work): four threads on one model
-  crashed the process (segmentation fault inside mlx-lm's decode step), each ended thread left
-  its stream threads behind (16 OS threads became 37 after five calls from five threads), and
-  about one exit in four aborted;
-* a lock around each forward pass still needs per-thread streams, so it keeps the leak and
-  the aborts, and holding it across a stream's tokens would stall every other caller;
-* one worker thread that runs every forward pass, fed by a queue: nothing leaks, nothing
-  aborts, and since the two cores are already kept busy by one batched prefill (a batch is
-  split over one MLX stream per core), serving callers one step at a time costs no throughput.
+* per-thread streams alone (each caller runs its own MLX work): four threads generating at once
+  on one model crashed the process (a segmentation fault inside mlx-lm's decode step), and five
+  short-lived calling threads left 16 OS threads behind;
+* a lock around each forward pass would still need per-thread streams, so it keeps the leak and
+  the exit problem, and held across a stream's tokens it stalls every other caller for a whole
+  generation (a classify call waited for the streams ahead of it, not for one token);
+* one worker thread that runs every forward pass, fed by a queue: the process survives, the worker's
+  own few threads are made once, and a single caller runs as fast as inline; since one batched
+  prefill already keeps both cores busy (split over one MLX stream per core), serving callers one
+  step at a time costs no throughput.
 
 So every Model's MLX work goes through ``run``: a call from any thread is queued, run on this
 thread in arrival order, and its result or exception handed back. A stream is advanced one
-token per queued step (``iterate``), so a classify call or another stream's next token waits
-for at most one decode step, not for a whole generation. Calls made on the worker itself
+token per queued step (``iterate``), so a classify call waits for the steps already queued (one
+per active stream), not for whole generations. Calls made on the worker itself
 (nested) run at once. The thread is a daemon started on first use; at interpreter exit it is
 stopped and drops its streams before the process tears MLX down.
 """
