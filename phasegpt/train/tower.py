@@ -3,11 +3,13 @@
 1. states   the residual stream after block K for every training and dev prompt, from the
             on-disk cache (``states.extract_states``), or computed batch by batch from the base
             model when the cache would not fit (``LiveStates``; Mistral-7B on a laptop);
-2. fit      class-weighted cross-entropy through the tower (mlx-lm's LoRA layers), the final
+2. warm     an MLP fitted (as ``fit_head`` fits one) on the untrained tower's features, the
+            base's own blocks K+1..K+M: the fine-tuning starts from the frozen-feature head;
+3. fit      class-weighted cross-entropy through the tower (mlx-lm's LoRA layers), the final
             norm, last+mean pooling and a one-hidden-layer MLP; Adam for the LoRA arrays and
             for the head (its own learning rate), warm-up then cosine decay; dev macro-F1 every
             ``eval_every`` steps, the best weights kept, early stopping on ``patience``;
-3. calibrate a temperature on dev, per-class thresholds on dev (as ``fit_head`` does), and the
+4. calibrate a temperature on dev, per-class thresholds on dev (as ``fit_head`` does), and the
             OOD statistic: the MLP's pre-activations on training rows (mean, whitening) and
             the 99th percentile of their distance on dev.
 
@@ -43,7 +45,9 @@ from phasegpt.paths import user_dir
 from phasegpt.tower import ALL_KEYS, Tower, TowerConfig
 from phasegpt.train.fit_head import (
     OOD_ROWS,
+    FitConfig,
     _balance,
+    _fit_mlp,
     _softmax,
     calibrate,
     distances,
@@ -54,6 +58,7 @@ from phasegpt.train.fit_head import (
 from phasegpt.verdict import LABELS
 
 CHECKPOINT_EVERY = 300.0  # seconds between resumable checkpoints
+WARM_ROWS = 4000          # training (and dev) rows the warm-start MLP is fitted on
 
 
 @dataclass(frozen=True)
@@ -165,11 +170,24 @@ class TowerHead(nn.Module):
         return arrays
 
 
-def _standardisation(tower: Tower, source, idx: Sequence[int], batch_tokens: int) -> tuple[mx.array, mx.array]:
-    feats = [pool({0: tower(h)}, (0,), "last+mean", n, s)
-             for h, n, s in (source.batch(b) for b in _chunks(source.lengths, idx, batch_tokens))]
-    f = np.concatenate([np.array(x) for x in feats])
-    return mx.array(f.mean(axis=0)), mx.array(f.std(axis=0) + 1e-3)
+def _pooled(tower: Tower, source, idx: Sequence[int], batch_tokens: int) -> np.ndarray:
+    """Pooled last+mean features (len(idx), 2D) of the tower's output for rows ``idx``, in order."""
+    feats: dict[int, np.ndarray] = {}
+    for b in _chunks(source.lengths, idx, batch_tokens):
+        h, n, s = source.batch(b)
+        feats.update(zip(b, np.array(pool({0: tower(h)}, (0,), "last+mean", n, s))))
+    return np.stack([feats[i] for i in idx])
+
+
+def _warm_start(net_tower: Tower, src_tr, src_dv, ytr, ydv, fit: TowerFit, rng) -> dict[str, np.ndarray]:
+    """Standardisation and MLP fitted on the untrained tower's features (the base's own blocks):
+    probing first, then fine-tuning everything from there, converges in far fewer steps than
+    fine-tuning from a random head, and never starts below the frozen-feature head."""
+    sample = np.sort(rng.choice(len(ytr), min(len(ytr), WARM_ROWS), replace=False)).tolist()
+    dev = np.sort(rng.choice(len(ydv), min(len(ydv), WARM_ROWS), replace=False)).tolist()
+    xtr, xdv = _pooled(net_tower, src_tr, sample, fit.batch_tokens), _pooled(net_tower, src_dv, dev, fit.batch_tokens)
+    cfg = FitConfig(kind="mlp", mlp_hidden=fit.hidden, seed=fit.seed)
+    return _fit_mlp(xtr, ytr[sample], cfg, dev=(xdv, ydv[dev]))
 
 
 def _chunks(lengths: np.ndarray, idx: Sequence[int], batch_tokens: int) -> list[list[int]]:
@@ -230,9 +248,10 @@ def train_tower(model, train: Sequence, dev: Sequence, *, fit: TowerFit = TowerF
     mx.random.seed(fit.seed)
     tower = Tower(model.loaded.model, fit.tower_config())
     rng = np.random.default_rng(fit.seed)
-    sample = np.sort(rng.choice(len(train), min(len(train), 1024), replace=False)).tolist()
-    mean, std = _standardisation(tower, src_tr, sample, fit.batch_tokens)
-    net = TowerHead(tower, mean, std, fit.hidden)
+    warm = _warm_start(tower, src_tr, src_dv, ytr, ydv, fit, rng)
+    net = TowerHead(tower, mx.array(warm["mean"]), mx.array(warm["std"]), fit.hidden)
+    net.fc1.weight, net.fc1.bias = mx.array(warm["w1"].T), mx.array(warm["b1"])
+    net.out.weight, net.out.bias = mx.array(warm["w"].T), mx.array(warm["b"])
     _, weight = _balance(ytr)
     weight = mx.array(weight)
     per_epoch = len(batches(src_tr.lengths, fit.batch_tokens, fit.max_batch, np.random.default_rng(0)))
