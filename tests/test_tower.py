@@ -215,3 +215,25 @@ def test_far_requests_lean_to_the_ood_prior():
     assert np.allclose(moved[0], probs[0])  # inside the training distribution: unchanged
     assert moved[1, 0] < probs[0, 0] and moved[1, 3] > probs[0, 3]  # half way
     assert np.allclose(moved[2], [0.1, 0.1, 0.1, 0.7]) and np.allclose(moved.sum(axis=1), 1)
+
+
+def test_state_cache_has_one_writer_and_readers_change_nothing(base, tmp_path):
+    from phasegpt.train.states import StateCache
+    rows = labelled(6, "train", 7)
+    cache = extract_states(base, rows[:3], [0], progress=False)
+    writer = StateCache(cache.folder, [0], cache.hidden, write=True)
+    with pytest.raises(RuntimeError, match="another process is writing"):
+        StateCache(cache.folder, [0], cache.hidden, write=True)
+    r = base.prepare(rows[3].request)
+    h, _ = base.hidden_states([r.ids], [0])
+    writer.append(rows[3].key, {0: np.array(h[0][0])}, r.span)  # not yet in the index
+    reader = StateCache(cache.folder, [0], cache.hidden)  # used to cut the unindexed row off the file
+    assert rows[3].key not in reader
+    with pytest.raises(RuntimeError, match="opened for reading"):
+        reader.append(rows[3].key, {0: np.array(h[0][0])}, r.span)
+    writer.close()
+    after = StateCache(cache.folder, [0], cache.hidden)
+    for e in rows[:4]:  # every row's states are its own
+        ids = base.prepare(e.request).ids
+        live, _ = base.hidden_states([ids], [0])
+        assert np.abs(after.get(e.key, 0)[0].astype(np.float32) - np.array(live[0][0])).max() < 0.05
