@@ -9,12 +9,15 @@ attention means padding after a prompt cannot change its states).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
+import math
+import numbers
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -37,6 +40,7 @@ from phasegpt.prompting import (
 )
 from phasegpt.tap import tapped
 from phasegpt.verdict import Chunk, Result, Verdict, parse_tag
+from phasegpt.worker import WORKER
 
 STREAMS_ENV = "PHASEGPT_CPU_STREAMS"  # how many CPU streams a batched prefill is split over (1 = off)
 MAX_STREAMS = 8
@@ -60,11 +64,39 @@ class Request:
     segments: list[tuple[str, bool]]
 
 
+def _on_worker(method):
+    """Run the method on phasegpt's MLX worker thread (phasegpt.worker), whichever thread calls it."""
+
+    @functools.wraps(method)
+    def call(*args, **kwargs):
+        return WORKER.run(method, *args, **kwargs)
+
+    return call
+
+
+def _on_worker_stream(method):
+    """Advance the generator method on the MLX worker, one item per queued step (Worker.iterate)."""
+
+    @functools.wraps(method)
+    def call(*args, **kwargs):
+        return WORKER.iterate(method(*args, **kwargs))
+
+    return call
+
+
 class Model:
     """A loaded chat model with an optional refusal-reason head and audit log.
 
     Build it with ``phasegpt.load``; the attributes ``loaded`` (model, tokenizer, config,
     identity), ``head`` and ``audit`` are public for advanced use.
+
+    Thread-safe: any number of threads may call ``classify``, ``generate`` and ``stream`` on one
+    Model at once, and get what serial calls would give (greedy text identical, probabilities to
+    float rounding, seeded sampling the same tokens). Every forward pass runs on one MLX worker
+    thread per process, in arrival order: a classify call one round of prompts at a time (it
+    tokenizes and writes its audit records in the calling thread), a stream one token at a
+    time (see ``phasegpt.worker`` for why, and BENCHMARKS.md for what it costs: nothing
+    measurable for a single caller).
     """
 
     def __init__(self, loaded: LoadedModel, head: Head | None = None, *, audit: Any = None,
@@ -78,6 +110,8 @@ class Model:
                             adapter_sha256=loaded.adapter_sha256)
             head.attach(loaded.model)  # a tower head builds its tower on this model's blocks
         check_template(template)
+        if head is not None:  # lazy arrays made on this thread could not be evaluated on the worker
+            mx.eval(head.params, head.tower.parameters() if head.tower is not None else [])
         self._span = content_span(loaded.tokenizer, system=system)
         self._max_tokens = int(loaded.config.get("max_position_embeddings") or 0)
 
@@ -112,7 +146,7 @@ class Model:
 
     # --- classify -----------------------------------------------------------------------
     def classify(self, prompts: Sequence[Prompt], *, contexts: Sequence[Context] | None = None,
-                 batch_size: int = 16, metadata: dict | None = None) -> list[Verdict]:
+                 batch_size: int = 16, metadata: dict | Sequence[dict] | None = None) -> list[Verdict]:
         """Verdicts for many requests, from prefill only (no tokens are generated).
 
         Args:
@@ -121,7 +155,8 @@ class Model:
             contexts: retrieved documents per prompt (None, a string, or a list), same length.
             batch_size: prompts per forward step (on the CPU a step is split over the cores, at least
                 one prompt each).
-            metadata: free-form caller data written to the audit log with each record.
+            metadata: free-form caller data written to the audit log with each record: one dict
+                for all, or a list of one dict (or None) per prompt.
 
         Returns:
             One Verdict per prompt, in order.
@@ -137,10 +172,17 @@ class Model:
             raise ValueError("classify takes a list of requests; wrap a single conversation as [messages]")
         if contexts is None:
             contexts = [None] * len(prompts)
+        if isinstance(contexts, (str, bytes, Mapping)) or not isinstance(contexts, Sequence):
+            raise ValueError(f"contexts must be a list with one entry per prompt (None, a document or a list of "
+                             f"documents), not a {type(contexts).__name__}; for one document each pass [doc, ...]")
         if len(contexts) != len(prompts):
             raise ValueError(f"got {len(prompts)} prompts but {len(contexts)} contexts; pass one context (or None) per prompt")
-        if batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+            raise ValueError(f"batch_size must be a whole number >= 1, not {batch_size!r}")
+        metas = [metadata] * len(prompts) if metadata is None or isinstance(metadata, dict) else list(metadata)
+        if len(metas) != len(prompts):
+            raise ValueError(f"got {len(prompts)} prompts but {len(metas)} metadata entries; pass one dict for all "
+                             "or one per prompt")
         requests = [self.prepare(p, c) for p, c in zip(prompts, contexts)]
         verdicts: list[Verdict | None] = [None] * len(requests)
         for idx in self.rounds([len(r.ids) for r in requests], batch_size):
@@ -149,7 +191,7 @@ class Model:
                 verdicts[i] = v
             per_item = (time.perf_counter() - t0) / len(idx)
             for i in idx:
-                self._record(verdicts[i], prompts[i], contexts[i], None, per_item, metadata)
+                self._record(verdicts[i], prompts[i], contexts[i], None, per_item, metas[i])
         return verdicts  # type: ignore[return-value]
 
     def rounds(self, lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
@@ -159,6 +201,7 @@ class Model:
         on 48 prompts of 35-347 tokens that was 1.4x slower at batch 8 and 2.3x at batch 32.)"""
         return batches(lengths, max(batch_size, cpu_streams()))
 
+    @_on_worker
     def prefill(self, batch: list[list[int]], layers: Sequence[int], *,
                 parts: Sequence[int] | None = None) -> list[tuple[list[list[int]], dict[int, mx.array], mx.array]]:
         """Tapped states of ``layers`` for a batch of token lists, computed: ``(part, hidden, lengths)``
@@ -194,7 +237,11 @@ class Model:
         return parts
 
     def hidden_states(self, batch: list[list[int]], layers: Sequence[int]) -> tuple[dict[int, mx.array], mx.array]:
-        """Tapped states {layer: (B, T, D)} and lengths (B,) for one batch of token lists (lazy)."""
+        """Tapped states {layer: (B, T, D)} and lengths (B,) for one batch of token lists (lazy).
+
+        Runs in the calling thread, so only on the MLX worker (inside ``prefill``): the tap
+        swaps ``model.layers`` and the lazy arrays belong to this thread's streams.
+        """
         lengths = mx.array([len(t) for t in batch])
         width = max(len(t) for t in batch)
         pad = self.tokenizer.pad_token_id or 0
@@ -209,9 +256,11 @@ class Model:
         """Template tokens before and after the user content (see prompting.content_span)."""
         return self._span
 
+    @_on_worker
     def verdicts(self, requests: Sequence[Request], *, parts: Sequence[int] | None = None) -> list[Verdict]:
-        """Verdicts for requests made by ``prepare``, from one ``prefill`` (``parts`` as there); no
-        audit record. ``classify`` is this over length-sorted rounds, with validation and the log."""
+        """Verdicts for requests made by ``prepare``, from one ``prefill`` (``parts`` as there), on the
+        MLX worker; no audit record. ``classify`` is this over length-sorted rounds, with validation
+        and the log."""
         if self.head is None:
             raise ValueError(NO_HEAD)
         head = self.head
@@ -273,6 +322,11 @@ class Model:
                metadata: dict | None = None) -> Iterator[Chunk]:
         """Yield the verdict chunk first, then one chunk per generated token.
 
+        With an audit log, the verdict's record is committed before the verdict chunk is
+        yielded: if that write fails the stream raises ``AuditError`` and yields no text (fail
+        closed). When the stream ends (or is abandoned), a ``"completion"`` record linked to it
+        carries the response's hash, tag and finish reason.
+
         Args:
             prompt: the request: a prompt string or a conversation (``{"role", "content"}`` messages
                 ending with the user's turn).
@@ -280,20 +334,37 @@ class Model:
             max_tokens: most tokens to generate.
             temp: sampling temperature (0 = greedy).
             top_p: nucleus sampling threshold.
-            seed: random seed for sampling.
+            seed: random seed for sampling (the same tokens whatever other calls run meanwhile).
             stop_on_refusal: stop after the verdict chunk when it is a refusal.
             metadata: free-form caller data for the audit log.
+
+        Each step runs on the MLX worker thread (``_stream`` is advanced there, one token per
+        queued step), so concurrent callers interleave token by token; closing the stream early
+        closes it there too. ``generate`` runs the same steps.
+
+        Raises:
+            ValueError: a malformed request or option (options are checked at the call, the
+                request at the first ``next``).
+            AuditError: the verdict could not be logged (before any text).
         """
+        check_sampling(max_tokens, temp, top_p, seed)
+        return self._stream(prompt, context, max_tokens, temp, top_p, seed, stop_on_refusal, metadata, log_first=True)
+
+    @_on_worker_stream
+    def _stream(self, prompt: Prompt, context: Context, max_tokens: int, temp: float, top_p: float,
+                seed: int | None, stop_on_refusal: bool, metadata: dict | None, *, log_first: bool) -> Iterator[Chunk]:
         from mlx_lm import stream_generate
         from mlx_lm.sample_utils import make_sampler
 
         request = self.prepare(prompt, context)
         ids = request.ids
+        sampler = make_sampler(temp=temp, top_p=top_p)
         if seed is not None:
-            mx.random.seed(seed)
+            sampler = _seeded(sampler, seed)
         t0 = time.perf_counter()
         layers = self.head.config.layers if self.head else ()
         text, verdict, finish = "", None, "abandoned"
+        logged, first_id = True, None  # whether the end of the stream gets its record, and what it completes
         ready: dict[str, mx.array] = {}
 
         def prepare(taps):  # inside the last prefill call: queue the head before the first decode step
@@ -308,10 +379,17 @@ class Model:
         try:
             with tapped(self.loaded.model, layers, budget=len(ids), on_done=prepare if self.head else None):
                 gen = stream_generate(self.loaded.model, self.tokenizer, ids, max_tokens=max_tokens,
-                                      sampler=make_sampler(temp=temp, top_p=top_p))
+                                      sampler=sampler)
                 first = next(gen)  # prefill done (and the first token sampled): the head has run too
             if self.head is not None:
                 verdict = self._verdict(ready["probs"], ready["z"], request, ready.get("ood"))
+            if log_first:  # fail closed: no chunk leaves before its verdict is in the log
+                try:
+                    first_id = self._record(verdict, prompt, context, None, time.perf_counter() - t0, metadata)
+                except BaseException:
+                    logged = False
+                    gen.close()
+                    raise
             stop = stop_on_refusal and verdict is not None and verdict.refusal
             yield Chunk("", verdict, None, len(ids), 0, first.prompt_tps, 0.0, "refusal" if stop else None,
                         time.perf_counter() - t0)
@@ -325,20 +403,29 @@ class Model:
                 yield Chunk(r.text, None, r.token, len(ids), r.generation_tokens, r.prompt_tps, r.generation_tps,
                             r.finish_reason, time.perf_counter() - t0)
         finally:  # also when the caller abandons the stream: the record must not be lost
-            self._record(self.with_tag(verdict, text), prompt, context, text, time.perf_counter() - t0, metadata,
-                         finish)
+            if logged:
+                self._record(self.with_tag(verdict, text), prompt, context, text, time.perf_counter() - t0, metadata,
+                             finish, completes=first_id)
 
     def generate(self, prompt: Prompt, *, context: Context = None, max_tokens: int = 256, temp: float = 0.0,
                  top_p: float = 1.0, seed: int | None = None, stop_on_refusal: bool = False,
                  metadata: dict | None = None) -> Result:
-        """Generate a response and the verdict for it (a loop over ``stream``).
+        """Generate a response and the verdict for it (a loop over the stream ``stream`` yields).
+
+        With an audit log, one record holds the verdict and the response, written before this
+        returns: if the write fails it raises ``AuditError`` and no text is returned.
 
         Returns:
             Result with the text, the verdict (with any typed tag found in the text),
             token counts and timings.
+
+        Raises:
+            ValueError: a malformed request or option.
+            AuditError: the record could not be written.
         """
-        chunks = list(self.stream(prompt, context=context, max_tokens=max_tokens, temp=temp, top_p=top_p,
-                                  seed=seed, stop_on_refusal=stop_on_refusal, metadata=metadata))
+        check_sampling(max_tokens, temp, top_p, seed)
+        chunks = list(self._stream(prompt, context, max_tokens, temp, top_p, seed, stop_on_refusal, metadata,
+                                   log_first=False))
         first, last = chunks[0], chunks[-1]
         text = "".join(c.text for c in chunks)
         return Result(text=text, verdict=self.with_tag(first.verdict, text), prompt_tokens=first.prompt_tokens,
@@ -360,21 +447,41 @@ class Model:
                        adapter_sha256=self.loaded.adapter_sha256)
 
     def _record(self, verdict: Verdict | None, prompt: Prompt, context: Context, response: str | None,
-                duration: float, metadata: dict | None, finish: str | None = None) -> None:
-        """Write one audit record (when a log is attached and there is a verdict).
+                duration: float, metadata: dict | None, finish: str | None = None,
+                completes: str | None = None) -> str | None:
+        """Write one audit record (when a log is attached and there is a verdict); its id, or None.
 
         A conversation is recorded as its canonical JSON (the messages, keys sorted), so its
         keyed hash covers every turn and ``store_text`` keeps the whole exchange."""
         if self.audit is None or verdict is None:
-            return
+            return None
         if not isinstance(prompt, str):
             prompt = json.dumps([dict(m) for m in prompt], ensure_ascii=False, sort_keys=True)
         meta = dict(metadata or {})
         if finish:
             meta.setdefault("finish_reason", finish)
         docs = None if context is None else ([context] if isinstance(context, (str, dict)) else list(context))
-        self.audit.record(verdict, prompt=prompt, contexts=docs, response=response,
-                          source=self.source, duration=duration, metadata=meta)
+        return self.audit.record(verdict, prompt=prompt, contexts=docs, response=response,
+                                 source=self.source, duration=duration, metadata=meta, completes=completes)
+
+
+def check_sampling(max_tokens: Any, temp: Any, top_p: Any, seed: Any) -> None:
+    """Raise ValueError naming the option unless the generation options make sense (checked
+    before any work, so a typo costs nothing)."""
+    def whole(x: Any) -> bool:
+        return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+    def real(x: Any) -> bool:
+        return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
+
+    if not whole(max_tokens) or max_tokens < 1:
+        raise ValueError(f"max_tokens must be a whole number >= 1, not {max_tokens!r}")
+    if not real(temp) or temp < 0:
+        raise ValueError(f"temp must be a number >= 0 (0 = greedy), not {temp!r}")
+    if not real(top_p) or not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be a number in (0, 1], not {top_p!r}")
+    if seed is not None and (not whole(seed) or seed < 0):
+        raise ValueError(f"seed must be a whole number >= 0 or None, not {seed!r}")
 
 
 def cpu_streams() -> int:
@@ -397,7 +504,9 @@ def cpu_streams() -> int:
     return max(1, min(cores, MAX_STREAMS))
 
 
-_cpu_stream_pool: list[Any] = []  # shared by every Model: each MLX stream is an OS thread that never exits
+# Shared by every Model; thread-local, so whichever thread runs a prefill (the worker) gets streams
+# of its own: an MLX stream made on one thread cannot run work on another
+_cpu_stream_pool: list[Any] = []
 _cpu_stream_lock = threading.Lock()
 
 
@@ -407,8 +516,21 @@ def _streams(n: int) -> list[Any]:
         return []
     with _cpu_stream_lock:
         while len(_cpu_stream_pool) < n:
-            _cpu_stream_pool.append(mx.new_stream(mx.cpu))
+            _cpu_stream_pool.append(mx.new_thread_local_stream(mx.cpu))
         return _cpu_stream_pool[:n]
+
+
+def _seeded(sampler: Any, seed: int) -> Any:
+    """``sampler`` with the RNG re-seeded from (seed, step) before each draw: a seeded stream draws
+    the same numbers however its steps interleave with other streams' on the worker (whose RNG
+    they share)."""
+    steps = itertools.count()
+
+    def sample(logprobs: mx.array) -> mx.array:
+        mx.random.seed(hash((seed, next(steps))) & 0xFFFF_FFFF_FFFF_FFFF)
+        return sampler(logprobs)
+
+    return sample
 
 
 def split_batch(batch: list, n: int) -> list[list]:
@@ -514,7 +636,7 @@ def default_head_dir() -> Path:
 
 def load(model: str | Path | None = None, *, adapter: str | Path | None = None, head: str | Path | None = None,
          dtype: str = "auto", fuse: bool = False, audit: Any = None, template: str = RAG_TEMPLATE,
-         system: str | None = None) -> Model:
+         system: str | None = None, allow_base_mismatch: bool = False) -> Model:
     """Load a chat model, optionally with a LoRA adapter, a refusal-reason head and an audit log.
 
     Args:
@@ -527,6 +649,8 @@ def load(model: str | Path | None = None, *, adapter: str | Path | None = None, 
         audit: an ``AuditLog``, or True for the default log at ``$PHASEGPT_HOME/audit.db``.
         template: the RAG template (``{documents}`` and ``{question}``).
         system: an optional system message.
+        allow_base_mismatch: load an adapter that ``phasegpt train-adapter`` trained on another
+            base model (it is refused otherwise; see ``loading.load_model``).
 
     Returns:
         A Model with ``classify``, ``generate`` and ``stream``.
@@ -543,7 +667,7 @@ def load(model: str | Path | None = None, *, adapter: str | Path | None = None, 
             head = shipped
     elif head is None and adapter is not None and (Path(adapter) / "head.json").is_file():
         head = adapter
-    loaded = load_model(model, adapter=adapter, dtype=dtype, fuse=fuse)
+    loaded = load_model(model, adapter=adapter, dtype=dtype, fuse=fuse, allow_base_mismatch=allow_base_mismatch)
     if audit is True:
         from phasegpt.audit import AuditLog
 

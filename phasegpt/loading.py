@@ -7,7 +7,9 @@ The heavy lifting is mlx-lm's (``load_model``, ``load_tokenizer``, ``load_adapte
   because MLX's quantized and half-precision CPU kernels are scalar and single-threaded
   while float32 matmuls go through the (optimized) BLAS; on a GPU they stay quantized;
 * every model gets a fingerprint of its config and weights, computed before any dtype
-  change or adapter, so a head trained on one base refuses to load on another.
+  change or adapter, so a head or adapter trained on one base refuses to load on another
+  (``phasegpt train-adapter`` records it in ``adapter_config.json``; an mlx-lm adapter
+  without one loads with a warning, since only its tensor shapes can be checked).
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ def load_model(
     adapter: str | Path | None = None,
     dtype: str = "auto",
     fuse: bool = False,
+    allow_base_mismatch: bool = False,
 ) -> LoadedModel:
     """Load a base model, optionally with a LoRA adapter.
 
@@ -73,6 +76,9 @@ def load_model(
         dtype: ``"auto"`` (float32 on CPU when it fits, as stored on GPU), ``"float32"``,
             ``"float16"``, ``"bfloat16"``, or ``"native"`` (leave weights as stored).
         fuse: merge the adapter into the base weights (only for unquantized weights).
+        allow_base_mismatch: load an adapter whose recorded base-model fingerprint is not this
+            model's (with a warning) instead of refusing it; for an adapter you know fits, such
+            as one trained on another copy or conversion of the same weights.
 
     Returns:
         The loaded model.
@@ -80,7 +86,8 @@ def load_model(
     Raises:
         FileNotFoundError: missing path.
         ModelLoadError: unreadable model (no config.json, corrupt weights, unsupported GGUF...).
-        MismatchError: the adapter does not fit the model.
+        MismatchError: the adapter does not fit the model, or was trained on another base
+            (unless ``allow_base_mismatch``).
         ValueError: a bad option.
     """
     if dtype not in DTYPES:
@@ -100,7 +107,8 @@ def load_model(
     final_dtype = _apply_dtype(net, dtype, name)
     adapter_path = adapter_sha = None
     if adapter is not None:
-        adapter_path, adapter_sha = _apply_adapter(net, Path(adapter).expanduser(), name)
+        adapter_path, adapter_sha = _apply_adapter(net, Path(adapter).expanduser(), name, fingerprint,
+                                                   allow_base_mismatch)
         if fuse:
             _fuse(net, final_dtype)
     elif fuse:
@@ -216,7 +224,8 @@ def _current_dtype(model: nn.Module) -> str:
     return "float32"
 
 
-def _apply_adapter(model: nn.Module, adapter: Path, model_name: str) -> tuple[Path, str]:
+def _apply_adapter(model: nn.Module, adapter: Path, model_name: str, fingerprint: str,
+                   allow_base_mismatch: bool) -> tuple[Path, str]:
     from mlx_lm.tuner.utils import load_adapters
 
     config_file, weights_file = adapter / "adapter_config.json", adapter / "adapters.safetensors"
@@ -226,10 +235,11 @@ def _apply_adapter(model: nn.Module, adapter: Path, model_name: str) -> tuple[Pa
         if not f.is_file():
             raise FileNotFoundError(f"{f} is missing; an adapter folder holds adapter_config.json and adapters.safetensors (as `mlx_lm.lora` writes them)")
     try:
-        json.loads(config_file.read_text())
+        config = json.loads(config_file.read_text())
         weights = mx.load(str(weights_file))
     except (ValueError, RuntimeError) as e:
         raise ModelLoadError(f"could not read adapter {adapter}: {e}; the file is corrupt, train or download it again") from e
+    caveat = _check_adapter_base(config, adapter, model_name, fingerprint, allow_base_mismatch)
     try:
         load_adapters(model, str(adapter))
     except (ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
@@ -239,7 +249,31 @@ def _apply_adapter(model: nn.Module, adapter: Path, model_name: str) -> tuple[Pa
     if missing:
         shown = "\n  ".join(missing[:20]) + (f"\n  ... and {len(missing) - 20} more" if len(missing) > 20 else "")
         raise MismatchError(f"adapter {adapter} does not fit {model_name}; tensors missing from it:\n  {shown}\nUse an adapter trained on this base model.")
+    if caveat:
+        warnings.warn(caveat, stacklevel=3)  # once it loaded: the shapes fit, the base is not proven
     return adapter, hashlib.sha256(weights_file.read_bytes()).hexdigest()
+
+
+def _check_adapter_base(config: Any, adapter: Path, model_name: str, fingerprint: str, allow: bool) -> str | None:
+    """Refuse an adapter that records another base model's fingerprint (unless ``allow``).
+
+    Returns:
+        The warning to give once the adapter has loaded, or None when its base is this model.
+    """
+    base = config.get("phasegpt", {}).get("base_model", {}) if isinstance(config, dict) else {}
+    recorded = base.get("fingerprint") if isinstance(base, dict) else None
+    if not recorded:
+        return (f"adapter {adapter} records no base-model fingerprint (it was not written by `phasegpt "
+                f"train-adapter`), so phasegpt cannot check that it was trained on {model_name}; only its tensor "
+                "shapes were checked")
+    if recorded == fingerprint:
+        return None
+    problem = (f"adapter {adapter} was trained on {base.get('name') or 'another model'} (fingerprint {recorded}), "
+               f"not on {model_name} (fingerprint {fingerprint})")
+    if not allow:
+        raise MismatchError(f"{problem}. Load it on the base it was trained on, or pass allow_base_mismatch=True "
+                            "(--allow-base-mismatch) if you know it fits this one.")
+    return f"{problem}; loaded anyway (allow_base_mismatch)"
 
 
 def _fuse(model: nn.Module, dtype: str) -> None:

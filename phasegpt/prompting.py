@@ -59,11 +59,15 @@ def normalize_context(context: Context) -> list[Doc]:
         context = [context]
     if not isinstance(context, Sequence):
         raise ValueError(f"context must be a string, a dict with 'text', or a list of them; got {type(context).__name__}")
+    if isinstance(context, (bytes, bytearray)):
+        raise ValueError("context is bytes; decode the documents to str (UTF-8) first")
     docs = []
     for i, d in enumerate(context):
         if isinstance(d, str):
+            check_text(d, f"context document {i}")
             docs.append(Doc(id="", text=d))
         elif isinstance(d, Mapping) and isinstance(d.get("text"), str):
+            check_text(d["text"], f"context document {i}")
             docs.append(Doc(id=str(d.get("id", "")), text=d["text"]))
         else:
             raise ValueError(
@@ -98,6 +102,7 @@ def user_segments(prompt: str, context: Context = None, *,
         raise ValueError("the prompt is empty; pass the question or request to classify")
     if len(prompt) > MAX_PROMPT_CHARS:
         raise ValueError(f"the prompt has {len(prompt):,} characters (limit {MAX_PROMPT_CHARS:,}); shorten it")
+    check_text(prompt, "the prompt")
     docs = normalize_context(context)
     if not docs:
         return [(prompt, True)]
@@ -108,6 +113,23 @@ def user_segments(prompt: str, context: Context = None, *,
                                               "text": [(d.text, True)]})
     check_template(template)
     return [(text, own) for text, own in _fill(template, {"documents": rendered, "question": [(prompt, True)]}) if text]
+
+
+def check_text(text: str, what: str) -> None:
+    """Raise ValueError when ``text`` is not valid Unicode: bytes that were not UTF-8, kept by
+    Python as lone surrogates (``surrogateescape``), which no tokenizer can encode."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        code = ord(text[e.start])
+        bad = f"the byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"U+{code:04X}"
+        raise ValueError(f"{what} is not valid UTF-8 text ({bad} at character {e.start}); decode the input "
+                         "as UTF-8, or replace what is not, before passing it") from None
+
+
+def check_request(prompt: Prompt, context: Context = None, *, template: str = RAG_TEMPLATE) -> None:
+    """Raise ValueError for a malformed request; needs no model, so callers can check before loading one."""
+    chat_messages(prompt, context, template=template)
 
 
 def check_template(template: str) -> None:
@@ -170,6 +192,7 @@ def conversation(prompt: Prompt) -> tuple[str | None, list[dict[str, str]], str]
         if not isinstance(content, str):
             raise ValueError(f"message {i} ({role}) has content of type {type(content).__name__}; "
                              "content must be a string")
+        check_text(content, f"message {i} ({role})")
         if role == "system" and i > 0:
             raise ValueError(f"message {i} is a system message; only the first message may be one")
         turns.append({"role": role, "content": content})

@@ -160,6 +160,8 @@ def test_train_tower_learns_and_is_deterministic(base, tiny_data, tmp_path):
     assert a.params.keys() == b.params.keys()
     assert all(mx.array_equal(a.params[k], b.params[k]).item() for k in a.params)
     assert a.config.ood_q99 > 0 and a.config.temperature > 0
+    dev = [v.ood for v in phasegpt.Model(base.loaded, a).classify([e.prompt for e in tiny_data[1]])]
+    assert 0.9 <= np.mean(np.array(dev) <= 1.0)  # 1 is the dev 99th percentile (float16 states in training)
 
 
 def test_interrupted_training_resumes_to_the_same_head(base, tiny_data, tmp_path, monkeypatch):
@@ -213,3 +215,25 @@ def test_far_requests_lean_to_the_ood_prior():
     assert np.allclose(moved[0], probs[0])  # inside the training distribution: unchanged
     assert moved[1, 0] < probs[0, 0] and moved[1, 3] > probs[0, 3]  # half way
     assert np.allclose(moved[2], [0.1, 0.1, 0.1, 0.7]) and np.allclose(moved.sum(axis=1), 1)
+
+
+def test_state_cache_has_one_writer_and_readers_change_nothing(base, tmp_path):
+    from phasegpt.train.states import StateCache
+    rows = labelled(6, "train", 7)
+    cache = extract_states(base, rows[:3], [0], progress=False)
+    writer = StateCache(cache.folder, [0], cache.hidden, write=True)
+    with pytest.raises(RuntimeError, match="another process is writing"):
+        StateCache(cache.folder, [0], cache.hidden, write=True)
+    r = base.prepare(rows[3].request)
+    h, _ = base.hidden_states([r.ids], [0])
+    writer.append(rows[3].key, {0: np.array(h[0][0])}, r.span)  # not yet in the index
+    reader = StateCache(cache.folder, [0], cache.hidden)  # used to cut the unindexed row off the file
+    assert rows[3].key not in reader
+    with pytest.raises(RuntimeError, match="opened for reading"):
+        reader.append(rows[3].key, {0: np.array(h[0][0])}, r.span)
+    writer.close()
+    after = StateCache(cache.folder, [0], cache.hidden)
+    for e in rows[:4]:  # every row's states are its own
+        ids = base.prepare(e.request).ids
+        live, _ = base.hidden_states([ids], [0])
+        assert np.abs(after.get(e.key, 0)[0].astype(np.float32) - np.array(live[0][0])).max() < 0.05

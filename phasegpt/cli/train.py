@@ -162,7 +162,7 @@ def train_adapter(model_, adapter, head, dtype, data, out, style, iters, rank, n
                         learning_rate=learning_rate, seed=seed)
     path = run(net, tok, make_chat_examples(records(train), tok, style=style, model=net, progress=True),
                make_chat_examples(records(dev), tok, style=style, model=net, progress=True), out, config=cfg,
-               base_model=model.name)
+               base_model=model.name, base_fingerprint=model.loaded.fingerprint)
     click.echo(f"wrote {path}")
 
 
@@ -206,12 +206,12 @@ def eval_(model_, adapter, head, dtype, data, split_, out, batch_size, title, no
                    + ", ".join(str(e.extra.get("id", e.prompt[:30])) for e in too_long), err=True)
     if model.head is None:
         raise click.ClickException("eval needs a head: pass --head (or an --adapter folder holding head.json)")
-    probs, predictions = _predict_shared(model, rows, batch_size, not no_cache)
+    probs, predictions, ood = _predict_shared(model, rows, batch_size, not no_cache)
     if world().rank != 0:  # under mlx.launch: rank 0 has every rank's predictions and reports
         return
     result = evaluate([e.label for e in rows], probs, predictions=predictions,
                       sources=[e.source or "unknown" for e in rows],
-                      source_labels=[e.extra.get("source_label", e.label) for e in rows])
+                      source_labels=[e.extra.get("source_label", e.label) for e in rows], ood=ood)
     result["n_too_long"] = len(too_long)
     result["too_long_ids"] = [str(e.extra.get("id", "")) for e in too_long]
     click.echo(format_summary(result))
@@ -233,8 +233,10 @@ def _predict_shared(model, rows, batch_size: int, use_cache: bool):
         return predict(model, rows, batch_size=batch_size, use_cache=use_cache)
     shares = shard_by_tokens([len(model.encode(e.request, e.context)) for e in rows], w.size)
     mine = [rows[i] for i in shares[w.rank]]
-    probs, labels = predict(model, mine, batch_size=batch_size, use_cache=use_cache, progress=w.rank == 0) \
-        if mine else (np.zeros((0, len(model.head.config.labels))), [])
+    probs, labels, ood = predict(model, mine, batch_size=batch_size, use_cache=use_cache, progress=w.rank == 0) \
+        if mine else (np.zeros((0, len(model.head.config.labels))), [], None)
     dtype = w.broadcast(str(probs.dtype))  # rank 0 has rows (the longest goes to it): keep its dtype
-    both = w.gather_in_order(shares, [[p, label] for p, label in zip(probs.tolist(), labels)])
-    return np.array([p for p, _ in both], dtype=dtype), [label for _, label in both]
+    both = w.gather_in_order(shares, [[p, label, o] for p, label, o in
+                                      zip(probs.tolist(), labels, [None] * len(labels) if ood is None else ood.tolist())])
+    ood = None if not both or both[0][2] is None else np.array([o for _, _, o in both])
+    return np.array([p for p, _, _ in both], dtype=dtype), [label for _, label, _ in both], ood

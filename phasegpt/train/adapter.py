@@ -220,11 +220,12 @@ def _check_model(model: nn.Module, cfg: AdapterConfig) -> None:
             raise ValueError(f"projection keys {missing} are not in the model's blocks")
 
 
-def _model_identity(model: nn.Module, base_model: str) -> dict[str, Any]:
+def _model_identity(model: nn.Module, base_model: str, fingerprint: str) -> dict[str, Any]:
     args = getattr(model, "args", None)
     keys = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")
     shape = {k: getattr(args, k) for k in keys if hasattr(args, k)}
-    return {"name": base_model, **shape}
+    # `phasegpt.load` refuses the adapter on any base whose fingerprint differs from this one
+    return {"name": base_model, **({"fingerprint": fingerprint} if fingerprint else {}), **shape}
 
 
 def train_adapter(
@@ -237,6 +238,7 @@ def train_adapter(
     config: AdapterConfig,
     progress: bool = True,
     base_model: str = "",
+    base_fingerprint: str = "",
     overwrite: bool = False,
     callback: TrainingCallback | None = None,
 ) -> Path:
@@ -257,6 +259,9 @@ def train_adapter(
         progress: print loss reports to stderr (mlx-lm's own terminal UI is silenced
             so stdout stays clean for ``--json`` output).
         base_model: name or path of the base model, recorded in the config as ``model``.
+        base_fingerprint: the base model's fingerprint (``LoadedModel.fingerprint``), recorded
+            so that ``phasegpt.load`` refuses the adapter on another base; without it the
+            adapter loads anywhere its shapes fit, with a warning.
         overwrite: replace an existing ``out_dir`` (only once training succeeded).
         callback: an extra mlx-lm ``TrainingCallback`` (e.g. for experiment tracking).
 
@@ -309,7 +314,8 @@ def train_adapter(
             train(model, optimizer, train_set, valid_set, args=args, loss=response_loss, training_callback=report)
         model.eval()  # mlx-lm's trainer leaves dropout on
         n_params = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
-        save_config(_adapter_config(config, model, base_model, report, n_params), tmp / "adapter_config.json")
+        save_config(_adapter_config(config, model, base_model, base_fingerprint, report, n_params),
+                    tmp / "adapter_config.json")
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -318,7 +324,7 @@ def train_adapter(
 
 
 def _adapter_config(
-    cfg: AdapterConfig, model: nn.Module, base_model: str, report: _Progress, n_params: int
+    cfg: AdapterConfig, model: nn.Module, base_model: str, fingerprint: str, report: _Progress, n_params: int
 ) -> dict[str, Any]:
     """mlx_lm.lora's adapter_config.json fields, plus phasegpt's record of the run."""
     return {
@@ -339,7 +345,7 @@ def _adapter_config(
         "grad_checkpoint": cfg.grad_checkpoint,
         "phasegpt": {
             "adapter_config": {**asdict(cfg), "keys": None if cfg.keys is None else list(cfg.keys)},
-            "base_model": _model_identity(model, base_model),
+            "base_model": _model_identity(model, base_model, fingerprint),
             "trainable_parameters": n_params,
             "refusal_tags": dict(REFUSAL_TAGS),
             "train_losses": report.train_losses,

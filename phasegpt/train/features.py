@@ -120,8 +120,9 @@ def _save(path: Path, cached: dict[str, np.ndarray]) -> None:
 
 
 def predict(model, examples: Sequence[Example], *, batch_size: int = 16, use_cache: bool = True,
-            progress: bool = True) -> tuple[np.ndarray, list[str]]:
-    """The head's probabilities (N, C) and labels for ``examples``, as ``Model.classify`` gives them.
+            progress: bool = True) -> tuple[np.ndarray, list[str], np.ndarray | None]:
+    """The head's probabilities (N, C), labels and OOD scores (None without the statistic) for
+    ``examples``, as ``Model.classify`` gives them.
 
     A linear or MLP head reads the layers it was swept over from the feature cache (the same
     batched prefill and pooling as ``classify``, so the same numbers to float rounding):
@@ -137,11 +138,13 @@ def predict(model, examples: Sequence[Example], *, batch_size: int = 16, use_cac
     feats = extract(model, examples, layers, batch_size=batch_size, use_cache=use_cache, progress=progress)
     x = mx.array(select(feats, tuple(layers.index(i) for i in head.config.layers), head.config.pooling))
     ood = head.ood(x)
-    probs = head.adjust(np.array(head.probs(x)), None if ood is None else np.array(ood))
-    return probs, head.decide(probs)
+    ood = None if ood is None else np.array(ood)
+    probs = head.adjust(np.array(head.probs(x)), ood)
+    return probs, head.decide(probs), ood
 
 
-def _classify_all(model, examples: Sequence[Example], batch_size: int, progress: bool) -> tuple[np.ndarray, list[str]]:
+def _classify_all(model, examples: Sequence[Example], batch_size: int,
+                  progress: bool) -> tuple[np.ndarray, list[str], np.ndarray | None]:
     import click
 
     out = []
@@ -157,4 +160,5 @@ def _classify_all(model, examples: Sequence[Example], batch_size: int, progress:
         if bar is not None:
             bar.render_finish()
     labels = model.head.config.labels
-    return np.array([[v.probs[k] for k in labels] for v in out]), [v.label for v in out]
+    ood = None if out[0].ood is None else np.array([v.ood for v in out])
+    return np.array([[v.probs[k] for k in labels] for v in out]), [v.label for v in out], ood

@@ -11,11 +11,18 @@ prefill ``classify`` uses, and kept in ``$PHASEGPT_HOME/states/<key>/``:
 The folder's key is the model fingerprint, adapter, template, system prompt and layers, so
 another base or template never reads these states. Extraction is resumable: rows are
 appended to the data files and the index is rewritten atomically every few minutes and at
-the end; on open, data past the last index (an interrupted append) is cut off.
+the end; a writer cuts off data past the last index (an interrupted append) when it opens.
+
+One process writes at a time: a writer holds an exclusive lock (``lock`` in the folder) while
+it is open, and a second writer is refused. Readers take no lock and never change the files:
+they see the rows of the last index, so they may read while a writer appends. (Before the lock,
+a reader that opened the cache during an extraction cut off the writer's unindexed tail, and the
+writer's later rows were indexed at offsets their data did not have: 17% of one cache's rows.)
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -43,28 +50,44 @@ def cache_dir(model, layers: Sequence[int]) -> Path:
 class StateCache:
     """The on-disk per-token states of one model at some layers (see the module docstring)."""
 
-    def __init__(self, folder: str | Path, layers: Sequence[int], hidden: int):
+    def __init__(self, folder: str | Path, layers: Sequence[int], hidden: int, *, write: bool = False):
         self.folder = Path(folder)
         self.layers = sorted(layers)
         self.hidden = hidden
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self._files = {}
+        self._views: dict[int, np.memmap] = {}
+        self._lock = None
+        if write:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._lock = open(self.folder / "lock", "a")
+            try:
+                fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self._lock.close()
+                raise RuntimeError(f"another process is writing states into {self.folder}; wait for it to "
+                                   "finish, or give this run its own PHASEGPT_HOME") from None
         index = self.folder / "index.json"
         self.rows: dict[str, tuple[int, int, int, int]] = {}
         if index.is_file():
             meta = json.loads(index.read_text())
             if meta["layers"] != self.layers or meta["hidden"] != hidden:
+                self._unlock()
                 raise ValueError(f"{self.folder} holds states of layers {meta['layers']} (hidden {meta['hidden']}), "
                                  f"not {self.layers} (hidden {hidden}); delete it or pass those layers")
             self.rows = {k: tuple(v) for k, v in meta["rows"].items()}
         self.end = max((o + n for o, n, _, _ in self.rows.values()), default=0)
-        self._files = {}
-        for layer in self.layers:
-            path = self._path(layer)
-            with open(path, "ab") as f:  # cut off what an interrupted run appended after its last index
-                f.truncate(self.end * hidden * 2)
-            self._files[layer] = open(path, "ab")
-        self._views: dict[int, np.memmap] = {}
+        if write:
+            for layer in self.layers:
+                path = self._path(layer)
+                with open(path, "ab") as f:  # cut off what an interrupted run appended after its last index
+                    f.truncate(self.end * hidden * 2)
+                self._files[layer] = open(path, "ab")
         self._saved = time.monotonic()
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing the file releases the lock
+            self._lock = None
 
     def _path(self, layer: int) -> Path:
         return self.folder / f"layer{layer}.f16"
@@ -74,8 +97,12 @@ class StateCache:
 
     def append(self, key: str, states: dict[int, np.ndarray], span: tuple[int, int]) -> None:
         """Add one row: ``states`` {layer: (T, hidden)} and its (pre, post) span."""
+        if not self._files:
+            raise RuntimeError("this StateCache was opened for reading; open it with write=True to add rows")
         n = len(next(iter(states.values())))
         for layer in self.layers:
+            if self._files[layer].tell() != self.end * self.hidden * 2:  # someone else changed the file
+                raise RuntimeError(f"{self._path(layer)} changed under this writer; delete {self.folder} and extract again")
             self._files[layer].write(np.ascontiguousarray(states[layer], dtype=np.float16).tobytes())
         self.rows[key] = (self.end, n, int(span[0]), int(span[1]))
         self.end += n
@@ -84,6 +111,8 @@ class StateCache:
 
     def save(self) -> None:
         """Flush the data files, then rewrite the index atomically (the checkpoint)."""
+        if not self._files:
+            raise RuntimeError("this StateCache was opened for reading; open it with write=True to save rows")
         for f in self._files.values():
             f.flush()
             os.fsync(f.fileno())
@@ -95,9 +124,12 @@ class StateCache:
         self._saved = time.monotonic()
 
     def close(self) -> None:
-        self.save()
+        if self._files:
+            self.save()
         for f in self._files.values():
             f.close()
+        self._files = {}
+        self._unlock()
 
     def view(self, layer: int) -> np.memmap:
         """All saved positions of ``layer``, (positions, hidden) float16, memory-mapped."""
@@ -126,10 +158,11 @@ def extract_states(model, examples: Sequence, layers: Sequence[int], *, batch_si
     """
     import click
 
-    cache = StateCache(cache_dir(model, layers), layers, int(model.loaded.config["hidden_size"]))
+    cache = StateCache(cache_dir(model, layers), layers, int(model.loaded.config["hidden_size"]), write=True)
     todo = list({e.key: e for e in examples if e.key not in cache}.items())
     if not todo:
-        return cache
+        cache.close()
+        return StateCache(cache.folder, layers, cache.hidden)
     requests = [model.prepare(e.request, e.context) for _, e in todo]
     bar = click.progressbar(length=sum(len(r.ids) for r in requests), label=f"states of {len(todo)} prompts (tokens)",
                             file=sys.stderr) if progress else None
@@ -150,3 +183,46 @@ def extract_states(model, examples: Sequence, layers: Sequence[int], *, batch_si
         if bar is not None:
             bar.render_finish()
     return StateCache(cache.folder, layers, cache.hidden)
+
+
+def head_probs(head, cache: StateCache, examples: Sequence, *, batch_tokens: int = 8192) -> tuple[np.ndarray, np.ndarray | None]:
+    """A head's probabilities (N, C), after its OOD adjustment, and OOD scores (N,) or None, from cached
+    states: what ``Model.classify`` gives, to the cache's float16 rounding, without the base model.
+
+    Args:
+        head: a ``Head`` (a tower head attached to its base) whose layers the cache holds.
+        cache: the state cache of the head's base model.
+        examples: rows whose states are cached.
+    """
+    layers = list(head.config.layers)
+    if missing := sorted(set(layers) - set(cache.layers)):
+        raise ValueError(f"the cache holds layers {cache.layers}, the head reads {missing} too; extract them first")
+    rows = [cache.rows[e.key] for e in examples]
+    order = sorted(range(len(rows)), key=lambda i: rows[i][1])
+    probs = np.zeros((len(rows), len(head.config.labels)))
+    ood = np.zeros(len(rows)) if head.config.ood_q99 is not None else None
+    start = 0
+    while start < len(order):  # batches of similar length, at most batch_tokens padded positions
+        end = start + 1
+        while end < len(order) and (end - start + 1) * rows[order[end]][1] <= batch_tokens:
+            end += 1
+        idx = order[start:end]
+        width = max(rows[i][1] for i in idx)
+        hidden = {}
+        for layer in layers:
+            x = np.zeros((len(idx), width, cache.hidden), np.float16)
+            for b, i in enumerate(idx):
+                offset, n, _, _ = rows[i]
+                x[b, :n] = cache.view(layer)[offset:offset + n]
+            hidden[layer] = mx.array(x).astype(mx.float32)
+        lengths = mx.array([rows[i][1] for i in idx])
+        spans = mx.array([[rows[i][2], rows[i][3]] for i in idx])
+        feats = head.pool(head.states(hidden), lengths, spans)
+        p, o = head.probs(feats), head.ood(feats)
+        p = np.array(p, dtype=np.float64)
+        o = None if o is None else np.array(o, dtype=np.float64)
+        probs[idx] = head.adjust(p, o)
+        if ood is not None:
+            ood[idx] = o
+        start = end
+    return probs, ood

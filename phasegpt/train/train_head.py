@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from phasegpt.evaluate import EVERYDAY
 from phasegpt.head import Head
 from phasegpt.paths import user_dir
 from phasegpt.tap import num_layers
@@ -116,7 +117,8 @@ def train_head(model: Any, examples: Sequence[Example], out: str | Path, *, dev:
     identity = base_identity(model, {**(training or {}), "seed": fit.seed, "candidates": cands, "kind": fit.kind,
                                      "skipped_too_long": skipped,
                                      "feature_seconds": round(t1 - t0, 2)})
-    head = fit_head(xtr, ytr, xdv, ydv, layers=cands, cfg=fit, identity=identity, log=log)
+    everyday = np.array([e.source in EVERYDAY and e.label == "answer" for e in dev])
+    head = fit_head(xtr, ytr, xdv, ydv, layers=cands, cfg=fit, identity=identity, log=log, everyday=everyday)
     head.config.training["fit_seconds"] = round(time.perf_counter() - t1, 2)
     log(f"head: layers {list(head.config.layers)}, pooling {head.config.pooling}, "
         f"temperature {head.config.temperature:.2f}, dev macro-F1 {head.config.metrics['dev_macro_f1']:.3f}")
