@@ -3,7 +3,9 @@
 Under ``mlx.launch`` (ring backend over TCP by default, or MPI, or JACCL) every process runs the
 same command; ``world()`` says which rank this process is, how many there are, and how many share
 its host (and so its cores). Work is shared out by token count (``shard_by_tokens``) and results
-come back in input order (``World.gather_in_order``).
+come back in input order (``World.gather_in_order``). Batch jobs that fix their batches up front
+deal them out in steps, one batch per CPU stream of every rank (``in_turns``), and exchange
+results every ``SYNC_SECONDS`` or so of work (``steps_per_exchange``).
 
 The collectives carry bytes: small JSON or numpy payloads next to the forward passes that make
 them (on loopback an all-gather of 1 MB between two processes takes ~4 ms, of a few bytes ~0.1
@@ -29,6 +31,9 @@ import mlx.core as mx
 import numpy as np
 
 from phasegpt.errors import PhasegptError
+
+SYNC_SECONDS = 2.0  # work between two exchanges of results (rank 0 sets the step count from it)
+MAX_EVERY = 64      # steps between exchanges at most
 
 
 class RankLost(PhasegptError):
@@ -169,3 +174,34 @@ def shard_by_tokens(lengths: Sequence[int], size: int) -> list[list[int]]:
         shares[r].append(i)
         heapq.heappush(heap, (total + lengths[i], r))
     return [sorted(s) for s in shares]
+
+
+def in_turns(batches: Sequence[Sequence[int]], streams: Sequence[int]) -> list[list[list[Sequence[int]]]]:
+    """Deal ``batches`` out in steps, one batch to every CPU stream of every rank per step.
+
+    Args:
+        batches: the work, in the order to do it (longest first, so the last step, which may
+            leave streams idle, is the cheapest).
+        streams: the CPU streams of each rank (``World.gather(World.streams())``).
+
+    Returns:
+        ``steps[s][r]``: the batches rank ``r`` runs at once at step ``s`` (one per stream, or
+        fewer at the last step). Every other step deals the streams in reverse (a snake), so no
+        rank always gets the shortest batch of a step. The same on every rank.
+    """
+    slots = [r for r, n in enumerate(streams) for _ in range(n)]  # one per CPU stream of every rank
+    steps = []
+    for s, at in enumerate(range(0, len(batches), len(slots))):
+        order = slots if s % 2 == 0 else slots[::-1]
+        step: list[list[Sequence[int]]] = [[] for _ in streams]
+        for b, r in zip(batches[at:at + len(slots)], order):
+            step[r].append(b)
+        steps.append(step)
+    return steps
+
+
+def steps_per_exchange(seconds_per_step: float) -> int:
+    """How many steps to run before the next exchange of results: about ``SYNC_SECONDS`` of work,
+    so that a rank waits for a slower one less often (and a stop loses at most that much).
+    Rank 0 decides and tells the others with the exchange."""
+    return max(1, min(MAX_EVERY, int(SYNC_SECONDS / max(seconds_per_step, 1e-3))))

@@ -8,7 +8,7 @@ of about the same length (balanced by tokens, not rows). Since a prompt's number
 batch it is computed in and on nothing else, the output is the same, bit for bit, for any number
 of processes or cores, and when a stopped job is resumed with another number of them.
 
-Every ``SYNC_SECONDS`` or so of work the ranks' verdicts go to rank 0 in one all-gather; rank 0
+Every ``distributed.SYNC_SECONDS`` or so of work the ranks' verdicts go to rank 0 in one all-gather; rank 0
 appends them to the job's log (``journal``) and, at the end, merges the log in input order into the
 output file.
 """
@@ -29,14 +29,12 @@ import numpy as np
 
 from phasegpt import blas
 from phasegpt.batch.journal import Journal, journal_path
-from phasegpt.batch.progress import Progress
 from phasegpt.batch.rows import RowError, Rows
-from phasegpt.distributed import JobError, World, world
+from phasegpt.distributed import JobError, World, in_turns, steps_per_exchange, world
+from phasegpt.progress import Progress
 from phasegpt.prompting import normalize_context
 
 ON_ERROR = ("fail", "skip")
-SYNC_SECONDS = 2.0  # work between two exchanges of verdicts (rank 0 adjusts the step count to it)
-MAX_EVERY = 64      # steps between exchanges at most
 
 
 @dataclass(frozen=True)
@@ -82,7 +80,7 @@ def classify_file(input: str | Path, output: str | Path, *, model: Any = None, b
         on_error: ``"fail"``: raise on the first bad row, before anything is classified;
             ``"skip"``: give bad rows an ``error`` (``{"line", "field", "message"}``) instead.
         resume: continue the log of an earlier, stopped run (False: start over).
-        progress: show the rows done over all ranks on rank 0's stderr (``batch.progress``).
+        progress: show the rows done over all ranks on rank 0's stderr (``phasegpt.progress``).
         metadata: free-form data written to the audit log with each record (if the model has one).
 
     Returns:
@@ -225,9 +223,7 @@ def _plan(lengths: np.ndarray, errors: Mapping[int, RowError], done: np.ndarray,
 
 def _run(w: World, m, rows: Rows, todo: list[list[int]], journal: Journal | None, progress: bool,
          metadata: Mapping[str, Any] | None) -> None:
-    streams = w.gather(w.streams())
-    slots = [r for r, s in enumerate(streams) for _ in range(s)]  # one per CPU stream of every rank
-    steps = [todo[at:at + len(slots)] for at in range(0, len(todo), len(slots))]
+    steps = in_turns(todo, w.gather(w.streams()))
     shown = Progress(sum(len(b) for b in todo), w.size) if progress and w.rank == 0 else None
     # One thread of BLAS per stream, always: a batch's numbers depend on the BLAS's thread count
     # too (measured on OpenBLAS), and the cores are used by the streams (and the ranks) instead.
@@ -236,23 +232,16 @@ def _run(w: World, m, rows: Rows, todo: list[list[int]], journal: Journal | None
         at, every = 0, 1
         while at < len(steps):
             t0, mine = time.perf_counter(), []
-            for s in range(at, min(at + every, len(steps))):
-                order = slots if s % 2 == 0 else slots[::-1]  # a snake: no rank always gets the shortest
-                mine += _verdicts(m, rows, [b for b, r in zip(steps[s], order) if r == w.rank], metadata)
-            per_step = (time.perf_counter() - t0) / (min(at + every, len(steps)) - at)
+            for step in steps[at:at + every]:
+                mine += _verdicts(m, rows, step[w.rank], metadata)
+            per_step = (time.perf_counter() - t0) / len(steps[at:at + every])
             at += every
-            # rank 0 sets how many steps run before the next exchange: about SYNC_SECONDS of work, so
-            # a rank waits for a slower one less often (and a stop loses at most that much)
-            said = w.gather({"done": mine, "every": _every(per_step) if w.rank == 0 else None})
+            said = w.gather({"done": mine, "every": steps_per_exchange(per_step) if w.rank == 0 else None})
             every = said[0]["every"]
             if journal is not None:
                 journal.append((i, v) for part in said for i, v in part["done"])
             if shown is not None:
                 shown.update([len(p["done"]) for p in said])
-
-
-def _every(per_step: float) -> int:
-    return max(1, min(MAX_EVERY, int(SYNC_SECONDS / max(per_step, 1e-3))))
 
 
 def _verdicts(m, rows: Rows, batches: list[list[int]], metadata) -> list[tuple[int, dict]]:

@@ -1,4 +1,5 @@
-"""The progress line of a batch job, on rank 0: rows done over all ranks, each rank's share, rate, time left.
+"""The progress line of a batch job (classify_file, feature extraction), on rank 0: rows done over all
+ranks, each rank's share, rate, time left.
 
 click's progress bar draws only on a terminal, and under ``mlx.launch`` a rank's stderr is a pipe
 to the launcher, which copies it to the terminal (and sets ``COLUMNS`` for its ranks when it has
@@ -23,10 +24,11 @@ class Progress:
         total: rows to do in this run.
         ranks: processes in the job (their counts are shown when there are several).
         file: where to write (default stderr).
+        label: what the job does (the line's first word).
     """
 
-    def __init__(self, total: int, ranks: int, file: TextIO | None = None):
-        self.total, self.counts = total, [0] * ranks
+    def __init__(self, total: int, ranks: int, file: TextIO | None = None, *, label: str = "classifying"):
+        self.total, self.counts, self.label = total, [0] * ranks, label
         self.file = file or sys.stderr
         self.live = self.file.isatty() or bool(os.environ.get("COLUMNS"))
         self.t0 = self.last = time.monotonic()
@@ -49,7 +51,7 @@ class Progress:
 
     def line(self) -> str:
         done, seconds = sum(self.counts), time.monotonic() - self.t0
-        text = f"classifying  {done:,}/{self.total:,} rows"
+        text = f"{self.label}  {done:,}/{self.total:,} rows"
         if len(self.counts) > 1:
             text += "  (" + ", ".join(f"r{r} {c:,}" for r, c in enumerate(self.counts)) + ")"
         if done and seconds > 0:
