@@ -156,6 +156,31 @@ def test_eval_over_two_ranks_reports_the_metrics_of_all_rows(tiny_dir, tiny_mode
     assert len(set(keys)) == 40
 
 
+def test_train_head_over_two_ranks_writes_the_head_one_process_writes(tiny_dir, tmp_path):
+    """The ranks share the feature extraction (each computes its batches, all get every feature); rank 0 fits
+    the head from the same bits a single process extracts, so the heads are equal byte for byte."""
+    from click.testing import CliRunner
+
+    from phasegpt.cli import cli
+    from tests.test_cli import _write_data
+
+    data = _write_data(tmp_path / "data.jsonl")
+    args = ["train-head", "--model", str(tiny_dir), "-d", str(data), "--batch-size", "4"]
+    one = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "one")], catch_exceptions=False)
+    assert one.exit_code == 0, one.output
+    home = tmp_path / "home-two"
+    two = launch(*args, "-o", str(tmp_path / "two"), env={**os.environ, "PHASEGPT_HOME": str(home)})
+    assert "exited with code" not in two.stderr, two.stderr
+    assert two.stdout.count("wrote ") == 1 and two.stderr.count("skipped 1 examples longer") == 1  # rank 0 says it
+    assert "extracting features  36/36 rows  (r0 " in two.stderr  # the training rows, over both ranks
+    assert (tmp_path / "two" / "head.safetensors").read_bytes() == (tmp_path / "one" / "head.safetensors").read_bytes()
+    config = {k: v for k, v in json.loads((tmp_path / "two" / "head.json").read_text()).items() if k != "training"}
+    assert config == {k: v for k, v in json.loads((tmp_path / "one" / "head.json").read_text()).items()
+                      if k != "training"}
+    keys = [k for f in (home / "features").glob("*.npz") for k in np.load(f)["keys"].tolist()]
+    assert len(keys) == 48  # both ranks' features, in the one cache the two share on this host
+
+
 def test_shard_by_tokens_balances_tokens_not_rows():
     lengths = [500, 20, 20, 20, 20, 20, 480, 30, 10]
     shares = shard_by_tokens(lengths, 2)

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from phasegpt.distributed import JobError, world
 from phasegpt.evaluate import EVERYDAY
 from phasegpt.head import Head
 from phasegpt.paths import user_dir
@@ -75,8 +76,11 @@ def default_candidates(n: int) -> list[int]:
 def train_head(model: Any, examples: Sequence[Example], out: str | Path, *, dev: Sequence[Example] | None = None,
                candidates: Sequence[int] | None = None, fit: FitConfig = FitConfig(), batch_size: int = 16,
                use_cache: bool = True, progress: bool = True, training: dict[str, Any] | None = None,
-               max_tokens: int | None = None) -> Head:
+               max_tokens: int | None = None) -> Head | None:
     """Train a refusal-reason head for ``model`` and write it to ``out``.
+
+    Under ``mlx.launch`` every process makes the same call: the ranks share the feature
+    extraction (``features.extract``), then rank 0 fits the head and writes it.
 
     Args:
         model: a ``phasegpt.Model`` (the base the head is for, with its adapter if any).
@@ -95,12 +99,15 @@ def train_head(model: Any, examples: Sequence[Example], out: str | Path, *, dev:
             square of the length; the longest RAG prompts dominate extraction time).
 
     Returns:
-        The trained head (already saved).
+        The trained head (already saved); None on the other ranks of an ``mlx.launch`` job.
 
     Raises:
         ValueError: fewer than two labels in the training or dev data.
+        JobError: the ranks of a job were given other data or options.
+        RankLost: another process of the job stopped (the features saved so far are kept).
     """
-    log = (lambda s: print(s, file=sys.stderr)) if progress else (lambda s: None)
+    w = world()
+    log = (lambda s: print(s, file=sys.stderr)) if progress and w.rank == 0 else (lambda s: None)
     train, dev, skipped = prepare_splits(model, examples, dev, fit.seed, max_tokens, log)
     n = num_layers(model.loaded.model)
     cands = list(candidates) if candidates is not None else default_candidates(n)
@@ -111,6 +118,8 @@ def train_head(model: Any, examples: Sequence[Example], out: str | Path, *, dev:
     xtr = extract(model, train, cands, batch_size=batch_size, use_cache=use_cache, progress=progress)
     xdv = extract(model, dev, cands, batch_size=batch_size, use_cache=use_cache, progress=progress)
     t1 = time.perf_counter()
+    if w.rank != 0:  # every rank has every feature; rank 0 alone fits (the fit is serial) and writes
+        return None
     log(f"features: {len(train)} train + {len(dev)} dev prompts, layers {cands}, {t1 - t0:.1f}s")
     ytr = np.array([LABELS.index(e.label) for e in train])
     ydv = np.array([LABELS.index(e.label) for e in dev])
@@ -154,7 +163,13 @@ def train_tower_head(model: Any, examples: Sequence[Example], out: str | Path, *
 
     Returns:
         The trained head (already saved).
+
+    Raises:
+        JobError: run under ``mlx.launch`` with several processes (a tower trains in one).
     """
+    if world().size > 1:
+        raise JobError("a tower head trains in one process (its states and its training are not shared "
+                       "out); run train-head --kind tower without mlx.launch")
     if states not in STATES:
         raise ValueError(f"states must be one of {', '.join(STATES)}, got {states!r}")
     log = (lambda s: print(s, file=sys.stderr)) if progress else (lambda s: None)
