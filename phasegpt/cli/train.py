@@ -28,7 +28,8 @@ def _examples(paths: tuple[Path, ...]):
 @click.option("--data", "-d", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help=DATA_HELP)
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False, path_type=Path), help="Head folder to write.")
 @click.option("--layers", help="Comma-separated layers to use (default: sweep candidates on dev).")
-@click.option("--candidates", help="Comma-separated candidate layers for the sweep.")
+@click.option("--candidates", help="Comma-separated candidate layers for the sweep (tower with --states cache: more layers "
+              "to keep in the state cache, so one cache serves MLP heads and towers alike).")
 @click.option("--pooling", type=click.Choice(["last", "mean", "last+mean"]), help="Fixed pooling (default: swept).")
 @click.option("--kind", default="linear", show_default=True, type=click.Choice(["linear", "mlp", "tower"]),
               help="linear: softmax regression solved with L-BFGS; mlp: one hidden layer of 256; tower: the next "
@@ -76,7 +77,8 @@ def train_head(model_, adapter, head, dtype, data, out, layers, candidates, pool
 
         given = {k: v for k, v in (("tap", tap), ("depth", depth), ("rank", rank), ("epochs", epochs)) if v is not None}
         h = train_tower_head(model, examples, out, fit=TowerFit(**given, seed=seed), sweep=_trials(sweep_spec),
-                             states=states, batch_size=batch_size, training=record, max_tokens=max_tokens)
+                             states=states, batch_size=batch_size, training=record, max_tokens=max_tokens,
+                             cache_layers=_ints(candidates) or ())
         m = h.config.metrics
         click.echo(f"wrote {out}: tower from block {h.config.tower['tap']} over {h.config.tower['depth']} blocks, "
                    f"rank {h.config.tower['rank']}, dev macro-F1 {m['dev_macro_f1']:.3f}, accuracy {m['dev_accuracy']:.3f}")

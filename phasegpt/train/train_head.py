@@ -142,7 +142,7 @@ STATES = ("auto", "cache", "live")
 def train_tower_head(model: Any, examples: Sequence[Example], out: str | Path, *, dev: Sequence[Example] | None = None,
                      fit: TowerFit = TowerFit(), sweep: Sequence[dict[str, Any]] = (), states: str = "auto",
                      batch_size: int = 16, progress: bool = True, training: dict[str, Any] | None = None,
-                     max_tokens: int | None = None) -> Head:
+                     max_tokens: int | None = None, cache_layers: Sequence[int] = ()) -> Head:
     """Train a tower head (``phasegpt.tower``) for ``model`` and write it to ``out``.
 
     Args:
@@ -161,6 +161,9 @@ def train_tower_head(model: Any, examples: Sequence[Example], out: str | Path, *
         progress: progress bars and lines on stderr.
         training: free-form record of how the head was made, kept in head.json.
         max_tokens: skip training/dev prompts longer than this.
+        cache_layers: more layers to keep in the state cache beside the taps: the cache is keyed by
+            its layers, so naming those of an existing cache (``train-head --states cache
+            --candidates 9,13,17,21`` of a linear or MLP head) reuses it instead of extracting again.
 
     Returns:
         The trained head (already saved).
@@ -178,7 +181,8 @@ def train_tower_head(model: Any, examples: Sequence[Example], out: str | Path, *
             raise ValueError(f"{e}; choose --tap and --depth (or the sweep's) so that tap + depth <= {n - 1}") from None
     taps = sorted({t.tap for t in trials}) if trials else [fit.tap]
     t0 = time.perf_counter()
-    source_for = state_sources(model, train + dev, taps, states, batch_size, progress, log)
+    source_for = state_sources(model, train + dev, sorted(set(taps) | set(cache_layers)), states, batch_size,
+                               progress, log)
     t1 = time.perf_counter()
     table: list[dict[str, Any]] = []
     if trials:
