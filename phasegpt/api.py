@@ -10,11 +10,14 @@ attention means padding after a prompt cannot change its states).
 from __future__ import annotations
 
 import itertools
+import json
+import math
+import numbers
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import replace
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +30,10 @@ from phasegpt.loading import LoadedModel
 from phasegpt.prompting import (
     RAG_TEMPLATE,
     Context,
+    Prompt,
     check_template,
     content_span,
+    conversation,
     prompt_tokens,
     user_segments,
 )
@@ -44,6 +49,17 @@ EVIDENCE_WORDS = 3
 # Function words never make useful evidence ("hack, I, neighbour" reads worse than "hack, neighbour, wifi").
 STOPWORDS = frozenset("a an the i me my we our you your it its he she they them their to of in on at for "
                       "and or but is are was were be am do does did can could would should will".split())
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request ready for the model: its chat-prompt token ids, the template tokens around the
+    last user turn's content (``span``: before, after), and that turn's pieces marked as the
+    caller's or the template's (``segments``, for the evidence)."""
+
+    ids: list[int]
+    span: tuple[int, int]
+    segments: list[tuple[str, bool]]
 
 
 class Model:
@@ -62,6 +78,7 @@ class Model:
             head.check_base(name=loaded.name, fingerprint=loaded.fingerprint,
                             hidden_size=int(loaded.config.get("hidden_size", 0)),
                             adapter_sha256=loaded.adapter_sha256)
+            head.attach(loaded.model)  # a tower head builds its tower on this model's blocks
         check_template(template)
         self._span = content_span(loaded.tokenizer, system=system)
         self._max_tokens = int(loaded.config.get("max_position_embeddings") or 0)
@@ -74,21 +91,35 @@ class Model:
     def tokenizer(self) -> Any:
         return self.loaded.tokenizer
 
-    def encode(self, prompt: str, context: Context = None) -> list[int]:
+    def encode(self, prompt: Prompt, context: Context = None) -> list[int]:
         """Token ids of the chat prompt for ``prompt`` (and documents), with the length checked."""
+        return self.prepare(prompt, context).ids
+
+    def prepare(self, prompt: Prompt, context: Context = None) -> Request:
+        """Validate and tokenise one request (a prompt or a conversation, and its documents).
+
+        Raises:
+            ValueError: a malformed request, or one longer than the model's context.
+        """
+        own_system, history, question = conversation(prompt)
+        segments = user_segments(question, context, template=self.template)
         ids = prompt_tokens(self.tokenizer, prompt, context, system=self.system, template=self.template)
         if self._max_tokens and len(ids) > self._max_tokens:
             raise ValueError(f"the prompt is {len(ids):,} tokens but {self.name} reads at most "
                              f"{self._max_tokens:,}; shorten it or pass fewer documents")
-        return ids
+        system = own_system if own_system is not None else self.system
+        span = self._span if not history and system == self.system else \
+            content_span(self.tokenizer, system=system, history=history)
+        return Request(ids, span, segments)
 
     # --- classify -----------------------------------------------------------------------
-    def classify(self, prompts: Sequence[str], *, contexts: Sequence[Context] | None = None,
+    def classify(self, prompts: Sequence[Prompt], *, contexts: Sequence[Context] | None = None,
                  batch_size: int = 16, metadata: dict | None = None) -> list[Verdict]:
-        """Verdicts for many prompts, from prefill only (no tokens are generated).
+        """Verdicts for many requests, from prefill only (no tokens are generated).
 
         Args:
-            prompts: the requests.
+            prompts: the requests: prompt strings or conversations (lists of ``{"role", "content"}``
+                messages ending with the user's turn), mixed freely.
             contexts: retrieved documents per prompt (None, a string, or a list), same length.
             batch_size: prompts per forward step (on the CPU a step is split over the cores, at least
                 one prompt each).
@@ -104,18 +135,22 @@ class Model:
             raise ValueError(NO_HEAD)
         if isinstance(prompts, str):
             raise ValueError("classify takes a list of prompts; wrap a single prompt as [prompt]")
+        if prompts and all(isinstance(p, dict) and "role" in p for p in prompts):
+            raise ValueError("classify takes a list of requests; wrap a single conversation as [messages]")
         if contexts is None:
             contexts = [None] * len(prompts)
+        if isinstance(contexts, (str, bytes, Mapping)) or not isinstance(contexts, Sequence):
+            raise ValueError(f"contexts must be a list with one entry per prompt (None, a document or a list of "
+                             f"documents), not a {type(contexts).__name__}; for one document each pass [doc, ...]")
         if len(contexts) != len(prompts):
             raise ValueError(f"got {len(prompts)} prompts but {len(contexts)} contexts; pass one context (or None) per prompt")
-        if batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
-        encoded = [self.encode(p, c) for p, c in zip(prompts, contexts)]
-        verdicts: list[Verdict | None] = [None] * len(encoded)
-        for idx in self.rounds([len(t) for t in encoded], batch_size):
+        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+            raise ValueError(f"batch_size must be a whole number >= 1, not {batch_size!r}")
+        requests = [self.prepare(p, c) for p, c in zip(prompts, contexts)]
+        verdicts: list[Verdict | None] = [None] * len(requests)
+        for idx in self.rounds([len(r.ids) for r in requests], batch_size):
             t0 = time.perf_counter()
-            own = [user_segments(prompts[i], contexts[i], template=self.template) for i in idx]
-            for i, v in zip(idx, self._classify_batch([encoded[i] for i in idx], own)):
+            for i, v in zip(idx, self._classify_batch([requests[i] for i in idx])):
                 verdicts[i] = v
             per_item = (time.perf_counter() - t0) / len(idx)
             for i in idx:
@@ -173,42 +208,50 @@ class Model:
         """Template tokens before and after the user content (see prompting.content_span)."""
         return self._span
 
-    def _classify_batch(self, batch: list[list[int]], segments: list[list[tuple[str, bool]]]) -> list[Verdict]:
+    def _classify_batch(self, requests: list[Request]) -> list[Verdict]:
         head = self.head
-        parts = self.prefill(batch, head.config.layers)
-        probs = [head.probs(head.pool(hidden, lengths, self._span)) for _, hidden, lengths in parts]
-        z = [self._position_logits({k: h[b:b + 1, :len(ids)] for k, h in hidden.items()})
-             for part, hidden, _ in parts for b, ids in enumerate(part)]
-        mx.eval(probs, z)
+        parts = self.prefill([r.ids for r in requests], head.config.layers)
+        spans = spans_of(requests, [len(part) for part, _, _ in parts])
+        states = [head.states(hidden) for _, hidden, _ in parts]  # a tower runs here, once per part
+        feats = [head.pool(st, lengths, span) for st, (_, _, lengths), span in zip(states, parts, spans)]
+        probs, ood = [head.probs(f) for f in feats], [head.ood(f) for f in feats]
+        z = [self._position_logits({k: h[b:b + 1, :len(ids)] for k, h in st.items()})
+             for st, (part, _, _) in zip(states, parts) for b, ids in enumerate(part)]
+        mx.eval(probs, z, [o for o in ood if o is not None])
         probs = np.concatenate([np.asarray(p) for p in probs])  # once, not one MLX slice per prompt
-        return [self._verdict(probs[b], z[b], ids, segs) for b, (ids, segs) in enumerate(zip(batch, segments))]
+        ood = None if ood[0] is None else np.concatenate([np.asarray(o) for o in ood])
+        return [self._verdict(probs[b], z[b], r, None if ood is None else ood[b]) for b, r in enumerate(requests)]
 
     def _position_logits(self, hidden: dict[int, mx.array]) -> mx.array:
         """Calibrated logits (T, C) of the head applied at every position of one prompt (for evidence)."""
         return self.head.logits(self.head.per_position(hidden)) / self.head.config.temperature
 
-    def _verdict(self, probs: mx.array, z: mx.array, ids: list[int], segments: list[tuple[str, bool]]) -> Verdict:
+    def _verdict(self, probs: mx.array, z: mx.array, request: Request, ood: Any = None) -> Verdict:
         # numpy from here on: in `stream` the arrays are already computed, and any new MLX op
         # would queue behind mlx-lm's next decode step and delay the verdict by a whole step
         probs, z = np.asarray(probs, dtype=np.float64), np.asarray(z, dtype=np.float64)
         head = self.head
+        ood = None if ood is None else float(np.asarray(ood))
+        probs = head.adjust(probs, ood)  # far from the training data: less confident, leaning to answer
         labels = head.config.labels
         label = head.decide(probs[None])[0]
         p = dict(zip(labels, probs.tolist()))
         return Verdict(
-            label=label, probs=p, confidence=p[label], evidence=self._evidence(z, ids, labels.index(label), segments),
+            label=label, probs=p, confidence=p[label], evidence=self._evidence(z, request, labels.index(label)),
             layers=tuple(head.config.layers), source="head", model=self.loaded.name,
             model_fingerprint=self.loaded.fingerprint, head_sha256=head.sha256,
             adapter_sha256=self.loaded.adapter_sha256, thresholds=dict(head.config.thresholds),
+            ood=None if ood is None else round(ood, 4),
         )
 
-    def _evidence(self, z: np.ndarray, ids: list[int], k: int, segments: list[tuple[str, bool]]) -> tuple[str, ...]:
-        """The caller's words (not the RAG template's) where the head, applied per position, leans
-        hardest towards class k."""
-        pre, post = self._span
+    def _evidence(self, z: np.ndarray, request: Request, k: int) -> tuple[str, ...]:
+        """The caller's words of the last user turn (not the RAG template's, not earlier turns)
+        where the head, applied per position, leans hardest towards class k."""
+        pre, post = request.span
+        ids = request.ids
         top = z.max(axis=-1, keepdims=True)
         score = (z[:, k] - (top[:, 0] + np.log(np.exp(z - top).sum(axis=-1)))).tolist()  # log p_t(k)
-        words = _callers(_words(self.tokenizer, ids, pre, len(ids) - post), segments)
+        words = _callers(_words(self.tokenizer, ids, pre, len(ids) - post), request.segments)
         ranked = sorted(words, key=lambda w: -max(score[i] for i in w[1]))
         seen, out = set(), []
         for text, _ in ranked:
@@ -220,13 +263,19 @@ class Model:
         return tuple(out)
 
     # --- generate / stream --------------------------------------------------------------
-    def stream(self, prompt: str, *, context: Context = None, max_tokens: int = 256, temp: float = 0.0,
+    def stream(self, prompt: Prompt, *, context: Context = None, max_tokens: int = 256, temp: float = 0.0,
                top_p: float = 1.0, seed: int | None = None, stop_on_refusal: bool = False,
                metadata: dict | None = None) -> Iterator[Chunk]:
         """Yield the verdict chunk first, then one chunk per generated token.
 
+        With an audit log, the verdict's record is committed before the verdict chunk is
+        yielded: if that write fails the stream raises ``AuditError`` and yields no text (fail
+        closed). When the stream ends (or is abandoned), a ``"completion"`` record linked to it
+        carries the response's hash, tag and finish reason.
+
         Args:
-            prompt: the request.
+            prompt: the request: a prompt string or a conversation (``{"role", "content"}`` messages
+                ending with the user's turn).
             context: retrieved documents (a string, a dict with ``id``/``text``, or a list).
             max_tokens: most tokens to generate.
             temp: sampling temperature (0 = greedy).
@@ -234,24 +283,38 @@ class Model:
             seed: random seed for sampling.
             stop_on_refusal: stop after the verdict chunk when it is a refusal.
             metadata: free-form caller data for the audit log.
+
+        Raises:
+            ValueError: a malformed request or option (options are checked at the call, the
+                request at the first ``next``).
+            AuditError: the verdict could not be logged (before any text).
         """
+        check_sampling(max_tokens, temp, top_p, seed)
+        return self._stream(prompt, context, max_tokens, temp, top_p, seed, stop_on_refusal, metadata, log_first=True)
+
+    def _stream(self, prompt: Prompt, context: Context, max_tokens: int, temp: float, top_p: float,
+                seed: int | None, stop_on_refusal: bool, metadata: dict | None, *, log_first: bool) -> Iterator[Chunk]:
         from mlx_lm import stream_generate
         from mlx_lm.sample_utils import make_sampler
 
-        ids = self.encode(prompt, context)
-        segments = user_segments(prompt, context, template=self.template)  # for the evidence
+        request = self.prepare(prompt, context)
+        ids = request.ids
         if seed is not None:
             mx.random.seed(seed)
         t0 = time.perf_counter()
         layers = self.head.config.layers if self.head else ()
         text, verdict, finish = "", None, "abandoned"
+        logged, first_id = True, None  # whether the end of the stream gets its record, and what it completes
         ready: dict[str, mx.array] = {}
 
         def prepare(taps):  # inside the last prefill call: queue the head before the first decode step
-            hidden = taps.hidden()
-            ready["probs"] = self.head.probs(self.head.pool(hidden, mx.array([len(ids)]), self._span))[0]
-            ready["z"] = self._position_logits(hidden)
-            mx.async_eval(ready["probs"], ready["z"])
+            states = self.head.states(taps.hidden())  # a tower runs here, on the tapped block's states
+            feats = self.head.pool(states, mx.array([len(ids)]), request.span)
+            ready["probs"], ready["z"] = self.head.probs(feats)[0], self._position_logits(states)
+            ood = self.head.ood(feats)
+            if ood is not None:
+                ready["ood"] = ood[0]
+            mx.async_eval(*ready.values())
 
         try:
             with tapped(self.loaded.model, layers, budget=len(ids), on_done=prepare if self.head else None):
@@ -259,7 +322,14 @@ class Model:
                                       sampler=make_sampler(temp=temp, top_p=top_p))
                 first = next(gen)  # prefill done (and the first token sampled): the head has run too
             if self.head is not None:
-                verdict = self._verdict(ready["probs"], ready["z"], ids, segments)
+                verdict = self._verdict(ready["probs"], ready["z"], request, ready.get("ood"))
+            if log_first:  # fail closed: no chunk leaves before its verdict is in the log
+                try:
+                    first_id = self._record(verdict, prompt, context, None, time.perf_counter() - t0, metadata)
+                except BaseException:
+                    logged = False
+                    gen.close()
+                    raise
             stop = stop_on_refusal and verdict is not None and verdict.refusal
             yield Chunk("", verdict, None, len(ids), 0, first.prompt_tps, 0.0, "refusal" if stop else None,
                         time.perf_counter() - t0)
@@ -273,20 +343,29 @@ class Model:
                 yield Chunk(r.text, None, r.token, len(ids), r.generation_tokens, r.prompt_tps, r.generation_tps,
                             r.finish_reason, time.perf_counter() - t0)
         finally:  # also when the caller abandons the stream: the record must not be lost
-            self._record(self.with_tag(verdict, text), prompt, context, text, time.perf_counter() - t0, metadata,
-                         finish)
+            if logged:
+                self._record(self.with_tag(verdict, text), prompt, context, text, time.perf_counter() - t0, metadata,
+                             finish, completes=first_id)
 
-    def generate(self, prompt: str, *, context: Context = None, max_tokens: int = 256, temp: float = 0.0,
+    def generate(self, prompt: Prompt, *, context: Context = None, max_tokens: int = 256, temp: float = 0.0,
                  top_p: float = 1.0, seed: int | None = None, stop_on_refusal: bool = False,
                  metadata: dict | None = None) -> Result:
-        """Generate a response and the verdict for it (a loop over ``stream``).
+        """Generate a response and the verdict for it (a loop over the stream ``stream`` yields).
+
+        With an audit log, one record holds the verdict and the response, written before this
+        returns: if the write fails it raises ``AuditError`` and no text is returned.
 
         Returns:
             Result with the text, the verdict (with any typed tag found in the text),
             token counts and timings.
+
+        Raises:
+            ValueError: a malformed request or option.
+            AuditError: the record could not be written.
         """
-        chunks = list(self.stream(prompt, context=context, max_tokens=max_tokens, temp=temp, top_p=top_p,
-                                  seed=seed, stop_on_refusal=stop_on_refusal, metadata=metadata))
+        check_sampling(max_tokens, temp, top_p, seed)
+        chunks = list(self._stream(prompt, context, max_tokens, temp, top_p, seed, stop_on_refusal, metadata,
+                                   log_first=False))
         first, last = chunks[0], chunks[-1]
         text = "".join(c.text for c in chunks)
         return Result(text=text, verdict=self.with_tag(first.verdict, text), prompt_tokens=first.prompt_tokens,
@@ -307,17 +386,42 @@ class Model:
                        model=self.loaded.name, model_fingerprint=self.loaded.fingerprint,
                        adapter_sha256=self.loaded.adapter_sha256)
 
-    def _record(self, verdict: Verdict | None, prompt: str, context: Context, response: str | None,
-                duration: float, metadata: dict | None, finish: str | None = None) -> None:
-        """Write one audit record (when a log is attached and there is a verdict)."""
+    def _record(self, verdict: Verdict | None, prompt: Prompt, context: Context, response: str | None,
+                duration: float, metadata: dict | None, finish: str | None = None,
+                completes: str | None = None) -> str | None:
+        """Write one audit record (when a log is attached and there is a verdict); its id, or None.
+
+        A conversation is recorded as its canonical JSON (the messages, keys sorted), so its
+        keyed hash covers every turn and ``store_text`` keeps the whole exchange."""
         if self.audit is None or verdict is None:
-            return
+            return None
+        if not isinstance(prompt, str):
+            prompt = json.dumps([dict(m) for m in prompt], ensure_ascii=False, sort_keys=True)
         meta = dict(metadata or {})
         if finish:
             meta.setdefault("finish_reason", finish)
         docs = None if context is None else ([context] if isinstance(context, (str, dict)) else list(context))
-        self.audit.record(verdict, prompt=prompt, contexts=docs, response=response,
-                          source=self.source, duration=duration, metadata=meta)
+        return self.audit.record(verdict, prompt=prompt, contexts=docs, response=response,
+                                 source=self.source, duration=duration, metadata=meta, completes=completes)
+
+
+def check_sampling(max_tokens: Any, temp: Any, top_p: Any, seed: Any) -> None:
+    """Raise ValueError naming the option unless the generation options make sense (checked
+    before any work, so a typo costs nothing)."""
+    def whole(x: Any) -> bool:
+        return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+    def real(x: Any) -> bool:
+        return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
+
+    if not whole(max_tokens) or max_tokens < 1:
+        raise ValueError(f"max_tokens must be a whole number >= 1, not {max_tokens!r}")
+    if not real(temp) or temp < 0:
+        raise ValueError(f"temp must be a number >= 0 (0 = greedy), not {temp!r}")
+    if not real(top_p) or not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be a number in (0, 1], not {top_p!r}")
+    if seed is not None and (not whole(seed) or seed < 0):
+        raise ValueError(f"seed must be a whole number >= 0 or None, not {seed!r}")
 
 
 def cpu_streams() -> int:
@@ -360,6 +464,17 @@ def split_batch(batch: list, n: int) -> list[list]:
         return []
     size = -(-len(batch) // max(1, min(n, len(batch))))
     return [batch[i:i + size] for i in range(0, len(batch), size)]
+
+
+def spans_of(requests: Sequence[Request], sizes: Sequence[int]) -> list[tuple[int, int] | mx.array]:
+    """The span argument of ``head.pool`` for consecutive parts of ``requests`` of the given sizes:
+    one shared ``(pre, post)`` when a part's requests agree (plain prompts), else a (B, 2) array."""
+    out, at = [], 0
+    for n in sizes:
+        part = [r.span for r in requests[at:at + n]]
+        at += n
+        out.append(part[0] if len(set(part)) == 1 else mx.array(part))
+    return out
 
 
 def batches(lengths: Sequence[int], batch_size: int, max_tokens: int = MAX_BATCH_TOKENS) -> Iterator[list[int]]:
@@ -434,7 +549,7 @@ def default_head_dir() -> Path:
 
 def load(model: str | Path | None = None, *, adapter: str | Path | None = None, head: str | Path | None = None,
          dtype: str = "auto", fuse: bool = False, audit: Any = None, template: str = RAG_TEMPLATE,
-         system: str | None = None) -> Model:
+         system: str | None = None, allow_base_mismatch: bool = False) -> Model:
     """Load a chat model, optionally with a LoRA adapter, a refusal-reason head and an audit log.
 
     Args:
@@ -447,6 +562,8 @@ def load(model: str | Path | None = None, *, adapter: str | Path | None = None, 
         audit: an ``AuditLog``, or True for the default log at ``$PHASEGPT_HOME/audit.db``.
         template: the RAG template (``{documents}`` and ``{question}``).
         system: an optional system message.
+        allow_base_mismatch: load an adapter that ``phasegpt train-adapter`` trained on another
+            base model (it is refused otherwise; see ``loading.load_model``).
 
     Returns:
         A Model with ``classify``, ``generate`` and ``stream``.
@@ -463,7 +580,7 @@ def load(model: str | Path | None = None, *, adapter: str | Path | None = None, 
             head = shipped
     elif head is None and adapter is not None and (Path(adapter) / "head.json").is_file():
         head = adapter
-    loaded = load_model(model, adapter=adapter, dtype=dtype, fuse=fuse)
+    loaded = load_model(model, adapter=adapter, dtype=dtype, fuse=fuse, allow_base_mismatch=allow_base_mismatch)
     if audit is True:
         from phasegpt.audit import AuditLog
 

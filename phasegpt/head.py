@@ -1,14 +1,20 @@
 """The refusal-reason head: a small classifier on tapped residual-stream features.
 
-features  = concat over layers of pooled hidden states (last prompt token and/or the
-            mean over the user's own tokens), standardised with training mean/std
+states    = the tapped hidden states; for a ``tower`` head, the tapped block's states run
+            again through the tower (phasegpt.tower: the next blocks with LoRA, final norm)
+features  = concat over layers of pooled states (last prompt token and/or the mean over
+            the user's own tokens), standardised with training mean/std
 logits    = linear (W, b) or a one-hidden-layer MLP over the features
 probs     = softmax(logits / temperature)          (temperature fitted on dev data)
-label     = argmax(probs - thresholds)             (per-class offsets, 0 = plain argmax)
+ood       = Mahalanobis distance of the features' projection (the MLP's pre-activations,
+            or principal components) from the training rows, / its dev 99th percentile
+label     = argmax(probs' - thresholds)            (per-class offsets, 0 = plain argmax;
+            probs' = probs moved towards ``ood_prior`` as ood grows past 1)
 
-A head is a folder artifact: ``head.safetensors`` (arrays) beside ``head.json``
-(everything else, including the base model's name and fingerprint and the SHA-256 of
-the weights file). Loading a head onto another base model raises MismatchError.
+A head is a folder artifact: ``head.safetensors`` (arrays, a tower's LoRA arrays among
+them) beside ``head.json`` (everything else, including the base model's name and
+fingerprint and the SHA-256 of the weights file). Loading a head onto another base model
+raises MismatchError.
 """
 
 from __future__ import annotations
@@ -28,7 +34,12 @@ from phasegpt.errors import MismatchError, ModelLoadError
 from phasegpt.verdict import LABELS
 
 POOLINGS = ("last", "mean", "last+mean")
+KINDS = ("linear", "mlp", "tower")
 WEIGHTS, CONFIG = "head.safetensors", "head.json"
+TOWER_PREFIX = "tower."  # names of a tower's LoRA arrays in head.safetensors
+# What a verdict leans towards when the request is far from everything the head saw: mostly
+# "answer", because refusing what one cannot read is the failure users notice first.
+OOD_PRIOR = {"safety": 0.1, "epistemic": 0.1, "missing_context": 0.1, "answer": 0.7}
 
 
 @dataclass(frozen=True)
@@ -37,7 +48,7 @@ class HeadConfig:
 
     layers: tuple[int, ...]                 # blocks whose output is tapped
     pooling: str = "last+mean"              # one of POOLINGS
-    kind: str = "linear"                    # "linear" or "mlp"
+    kind: str = "linear"                    # "linear", "mlp", or "tower" (an MLP on a tower's output)
     labels: tuple[str, ...] = LABELS        # column order of the logits
     temperature: float = 1.0                # divides logits; fitted on the dev split
     thresholds: dict[str, float] = field(default_factory=lambda: {k: 0.0 for k in LABELS})
@@ -48,6 +59,9 @@ class HeadConfig:
     weights_sha256: str = ""                # SHA-256 of head.safetensors, checked on load
     metrics: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)  # data, seed, command
+    tower: dict[str, Any] | None = None     # phasegpt.tower.TowerConfig fields, for kind "tower"
+    ood_q99: float | None = None            # dev 99th percentile of the OOD distance (None: no OOD statistic)
+    ood_prior: dict[str, float] = field(default_factory=lambda: dict(OOD_PRIOR))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> HeadConfig:
@@ -61,7 +75,7 @@ class HeadConfig:
 
 
 def pool(hidden: dict[int, mx.array], layers: tuple[int, ...], pooling: str, lengths: mx.array,
-         span: tuple[int, int]) -> mx.array:
+         span: tuple[int, int] | mx.array) -> mx.array:
     """Pooled features (B, F) from tapped hidden states {layer: (B, T, D)} of right-padded prompts.
 
     For each layer in order: the last prompt token's state and/or the mean over the user's
@@ -72,15 +86,19 @@ def pool(hidden: dict[int, mx.array], layers: tuple[int, ...], pooling: str, len
         layers: which layers, in feature order.
         pooling: one of POOLINGS.
         lengths: (B,) real length of each prompt (positions past it are padding).
-        span: template tokens before and after the user content (prompting.content_span).
+        span: template tokens before and after the user's last turn (prompting.content_span):
+            one ``(pre, post)`` for every prompt, or a (B, 2) array of them (conversations differ).
     """
-    pre, post = span
+    if isinstance(span, mx.array):
+        pre, post = span[:, 0:1], span[:, 1]  # (B, 1), (B,)
+    else:
+        pre, post = span
     kinds = pooling.split("+")
     weights = None
     if "mean" in kinds:
         T = next(iter(hidden.values())).shape[1]
         pos = mx.arange(T)[None]  # (1, T)
-        end = mx.maximum(lengths - post, pre + 1)[:, None]  # at least one token
+        end = mx.maximum(lengths - post, pre + 1 if isinstance(pre, int) else pre[:, 0] + 1)[:, None]  # at least one token
         mask = ((pos >= pre) & (pos < end)).astype(mx.float32)
         # the mean as a matmul (B, 1, T) @ (B, T, D): written as a broadcast multiply and a sum it
         # made a batch split over two CPU streams (Model.prefill) slower than one stream, measured
@@ -98,16 +116,59 @@ def pool(hidden: dict[int, mx.array], layers: tuple[int, ...], pooling: str, len
 
 
 class Head:
-    """A trained head: config plus arrays ``mean``, ``std``, ``w``, ``b`` (and ``w1``, ``b1`` for MLPs)."""
+    """A trained head: config plus arrays ``mean``, ``std``, ``w``, ``b`` (``w1``, ``b1`` for an MLP;
+    a tower's LoRA arrays under ``tower.``; ``ood_*`` for the out-of-distribution statistic).
+
+    A tower head must be attached to its base model (``attach``) before use: the tower is built
+    from the base's own blocks. ``Model`` does that when it is given the head.
+    """
 
     def __init__(self, config: HeadConfig, params: dict[str, mx.array]):
         if config.pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {config.pooling!r}; choose one of {POOLINGS}")
+        if config.kind not in KINDS:
+            raise ValueError(f"unknown head kind {config.kind!r}; choose one of {KINDS}")
         self.config = config
         self.params = params
+        self.tower: Any = None
+
+    def attach(self, model: Any) -> None:
+        """Build a tower head's tower on ``model`` (an mlx-lm model; the tower shares its arrays) and
+        load the LoRA arrays into it. Nothing to do for other kinds.
+
+        Raises:
+            ModelLoadError: the head's LoRA arrays do not fit the tower it describes (all mismatches listed).
+        """
+        if self.config.kind != "tower":
+            return
+        from mlx.utils import tree_unflatten
+
+        from phasegpt.tower import Tower, TowerConfig
+
+        tower = Tower(model, TowerConfig.from_dict(self.config.tower or {}))
+        want = tower.lora_arrays()
+        have = {k[len(TOWER_PREFIX):]: v for k, v in self.params.items() if k.startswith(TOWER_PREFIX)}
+        problems = [f"missing {k}" for k in sorted(set(want) - set(have))]
+        problems += [f"unexpected {k}" for k in sorted(set(have) - set(want))]
+        problems += [f"{k} has shape {tuple(have[k].shape)}, the tower needs {tuple(want[k].shape)}"
+                     for k in sorted(set(want) & set(have)) if have[k].shape != want[k].shape]
+        if problems:
+            raise ModelLoadError("the head's tower arrays do not fit its tower: " + "; ".join(problems)
+                                 + ". Train the tower again with `phasegpt train-head --kind tower`.")
+        tower.update(tree_unflatten(list(have.items())))
+        self.tower = tower
 
     # --- features ---------------------------------------------------------------------
-    def pool(self, hidden: dict[int, mx.array], lengths: mx.array, span: tuple[int, int]) -> mx.array:
+    def states(self, hidden: dict[int, mx.array]) -> dict[int, mx.array]:
+        """What the head pools: the tapped states, or for a tower the tower's output on them."""
+        if self.config.kind != "tower":
+            return hidden
+        if self.tower is None:
+            raise RuntimeError("a tower head must be attached to its base model first (Head.attach)")
+        layer = self.config.layers[0]
+        return {layer: self.tower(hidden[layer])}
+
+    def pool(self, hidden: dict[int, mx.array], lengths: mx.array, span: tuple[int, int] | mx.array) -> mx.array:
         """Pooled features (B, F) for this head's layers and pooling (see ``pool``)."""
         return pool(hidden, self.config.layers, self.config.pooling, lengths, span)
 
@@ -128,13 +189,32 @@ class Head:
         """Raw logits (B, C) for features (B, F)."""
         p = self.params
         x = (feats - p["mean"]) / p["std"]
-        if self.config.kind == "mlp":
+        if "w1" in p:
             x = mx.maximum(x @ p["w1"] + p["b1"], 0)
         return (x @ p["w"] + p["b"]).astype(mx.float32)  # float32 whatever the stored dtype: verdicts go through numpy
 
     def probs(self, feats: mx.array) -> mx.array:
         """Calibrated probabilities (B, C)."""
         return mx.softmax(self.logits(feats) / self.config.temperature, axis=-1)
+
+    def ood(self, feats: mx.array) -> mx.array | None:
+        """Out-of-distribution score (B,) of features (B, F): 1 is the dev 99th percentile; None
+        when the head carries no OOD statistic (heads trained before it existed)."""
+        if self.config.ood_q99 is None:
+            return None
+        p = self.params
+        x = (feats - p["mean"]) / p["std"]
+        u = x @ p["w1"] + p["b1"] if "w1" in p else x @ p["ood_proj"]  # (B, k)
+        d = (u - p["ood_mean"]) @ p["ood_whiten"]
+        return (mx.sqrt((d * d).sum(axis=-1)) / self.config.ood_q99).astype(mx.float32)
+
+    def adjust(self, probs: np.ndarray, ood: np.ndarray | None) -> np.ndarray:
+        """Probabilities moved towards ``ood_prior`` as the OOD score grows from 1 to 2 (numpy)."""
+        if ood is None:
+            return probs
+        prior = np.array([self.config.ood_prior.get(k, 0.0) for k in self.config.labels], dtype=np.float64)
+        alpha = np.clip(np.asarray(ood, dtype=np.float64) - 1.0, 0.0, 1.0)[..., None]
+        return (1 - alpha) * probs + alpha * prior / prior.sum()
 
     def decide(self, probs: mx.array | np.ndarray) -> list[str]:
         """Labels after the per-class threshold offsets, for probabilities (N, C).
@@ -201,6 +281,8 @@ class Head:
         except (RuntimeError, ValueError) as e:
             raise ModelLoadError(f"could not read {w_file}: {e}; train or copy the head again") from e
         required = {"mean", "std", "w", "b"} | ({"w1", "b1"} if config.kind == "mlp" else set())
+        if config.ood_q99 is not None:
+            required |= {"ood_mean", "ood_whiten"} | (set() if "w1" in params else {"ood_proj"})
         if missing := sorted(required - set(params)):
             raise ModelLoadError(f"{w_file} lacks arrays {missing}; train the head again")
         return cls(config, params)

@@ -8,7 +8,9 @@ The heavy lifting is mlx-lm's (``load_model``, ``load_tokenizer``, ``load_adapte
   while float32 matmuls go through the (optimized) BLAS; on a GPU they stay quantized
   (GGUF files are decoded tensor by tensor straight into that dtype, ``phasegpt.gguf``);
 * every model gets a fingerprint of its config and weights, computed before any dtype
-  change or adapter, so a head trained on one base refuses to load on another.
+  change or adapter, so a head or adapter trained on one base refuses to load on another
+  (``phasegpt train-adapter`` records it in ``adapter_config.json``; an mlx-lm adapter
+  without one loads with a warning, since only its tensor shapes can be checked).
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ def load_model(
     adapter: str | Path | None = None,
     dtype: str = "auto",
     fuse: bool = False,
+    allow_base_mismatch: bool = False,
 ) -> LoadedModel:
     """Load a base model, optionally with a LoRA adapter.
 
@@ -76,6 +79,9 @@ def load_model(
             I-quants, which MLX cannot run as stored, are re-quantized to MLX's affine format,
             see ``phasegpt.gguf.quants``).
         fuse: merge the adapter into the base weights (only for unquantized weights).
+        allow_base_mismatch: load an adapter whose recorded base-model fingerprint is not this
+            model's (with a warning) instead of refusing it; for an adapter you know fits, such
+            as one trained on another copy or conversion of the same weights.
 
     Returns:
         The loaded model.
@@ -83,7 +89,8 @@ def load_model(
     Raises:
         FileNotFoundError: missing path.
         ModelLoadError: unreadable model (no config.json, corrupt weights, unsupported GGUF...).
-        MismatchError: the adapter does not fit the model.
+        MismatchError: the adapter does not fit the model, or was trained on another base
+            (unless ``allow_base_mismatch``).
         ValueError: a bad option.
     """
     if dtype not in DTYPES:
@@ -94,22 +101,23 @@ def load_model(
             raise ModelLoadError(f"{path} is a file but not a .gguf; pass an mlx-lm model folder or a .gguf file")
         name = path.stem
         gguf = _load_gguf(path, dtype, name)  # the dtype policy is applied tensor by tensor while loading
-        net, tokenizer, config, digest, final_dtype = gguf.model, gguf.tokenizer, gguf.config, gguf.fingerprint, gguf.dtype
+        net, tokenizer, config, fingerprint, final_dtype = gguf.model, gguf.tokenizer, gguf.config, gguf.fingerprint, gguf.dtype
     else:
         net, tokenizer, config = _load_folder(path)
         name = str(model) if not Path(model).expanduser().exists() else path.name
-        digest = fingerprint_model(net, config)
+        fingerprint = fingerprint_model(net, config)
         final_dtype = _apply_dtype(net, dtype, name)
     adapter_path = adapter_sha = None
     if adapter is not None:
-        adapter_path, adapter_sha = _apply_adapter(net, Path(adapter).expanduser(), name)
+        adapter_path, adapter_sha = _apply_adapter(net, Path(adapter).expanduser(), name, fingerprint,
+                                                   allow_base_mismatch)
         if fuse:
             _fuse(net, final_dtype)
     elif fuse:
         raise ValueError("fuse=True needs an adapter")
     net.eval()
     mx.eval(net.parameters())
-    return LoadedModel(net, tokenizer, config, name, digest, path, adapter_path, adapter_sha, final_dtype)
+    return LoadedModel(net, tokenizer, config, name, fingerprint, path, adapter_path, adapter_sha, final_dtype)
 
 
 def _load_gguf(path: Path, dtype: str, name: str) -> Any:
@@ -173,10 +181,10 @@ def fingerprint_model(model: nn.Module, config: dict) -> str:
     apart. Computed on weights as stored, so the same file gives the same fingerprint
     whatever dtype it is later cast to.
     """
-    return fingerprint(config, {name: weight_record(name, w) for name, w in tree_flatten(model.parameters())})
+    return fingerprint_records(config, {name: weight_record(name, w) for name, w in tree_flatten(model.parameters())})
 
 
-def fingerprint(config: dict, records: dict[str, bytes]) -> str:
+def fingerprint_records(config: dict, records: dict[str, bytes]) -> str:
     """The digest of ``config`` and one ``weight_record`` per parameter name (hashed in name order)."""
     h = hashlib.sha256()
     keys = sorted(k for k in config if k not in ("quantization", "quantization_config", "torch_dtype"))
@@ -266,7 +274,8 @@ def _current_dtype(model: nn.Module) -> str:
     return "float32"
 
 
-def _apply_adapter(model: nn.Module, adapter: Path, model_name: str) -> tuple[Path, str]:
+def _apply_adapter(model: nn.Module, adapter: Path, model_name: str, fingerprint: str,
+                   allow_base_mismatch: bool) -> tuple[Path, str]:
     from mlx_lm.tuner.utils import load_adapters
 
     config_file, weights_file = adapter / "adapter_config.json", adapter / "adapters.safetensors"
@@ -276,10 +285,11 @@ def _apply_adapter(model: nn.Module, adapter: Path, model_name: str) -> tuple[Pa
         if not f.is_file():
             raise FileNotFoundError(f"{f} is missing; an adapter folder holds adapter_config.json and adapters.safetensors (as `mlx_lm.lora` writes them)")
     try:
-        json.loads(config_file.read_text())
+        config = json.loads(config_file.read_text())
         weights = mx.load(str(weights_file))
     except (ValueError, RuntimeError) as e:
         raise ModelLoadError(f"could not read adapter {adapter}: {e}; the file is corrupt, train or download it again") from e
+    caveat = _check_adapter_base(config, adapter, model_name, fingerprint, allow_base_mismatch)
     try:
         load_adapters(model, str(adapter))
     except (ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
@@ -289,7 +299,31 @@ def _apply_adapter(model: nn.Module, adapter: Path, model_name: str) -> tuple[Pa
     if missing:
         shown = "\n  ".join(missing[:20]) + (f"\n  ... and {len(missing) - 20} more" if len(missing) > 20 else "")
         raise MismatchError(f"adapter {adapter} does not fit {model_name}; tensors missing from it:\n  {shown}\nUse an adapter trained on this base model.")
+    if caveat:
+        warnings.warn(caveat, stacklevel=3)  # once it loaded: the shapes fit, the base is not proven
     return adapter, hashlib.sha256(weights_file.read_bytes()).hexdigest()
+
+
+def _check_adapter_base(config: Any, adapter: Path, model_name: str, fingerprint: str, allow: bool) -> str | None:
+    """Refuse an adapter that records another base model's fingerprint (unless ``allow``).
+
+    Returns:
+        The warning to give once the adapter has loaded, or None when its base is this model.
+    """
+    base = config.get("phasegpt", {}).get("base_model", {}) if isinstance(config, dict) else {}
+    recorded = base.get("fingerprint") if isinstance(base, dict) else None
+    if not recorded:
+        return (f"adapter {adapter} records no base-model fingerprint (it was not written by `phasegpt "
+                f"train-adapter`), so phasegpt cannot check that it was trained on {model_name}; only its tensor "
+                "shapes were checked")
+    if recorded == fingerprint:
+        return None
+    problem = (f"adapter {adapter} was trained on {base.get('name') or 'another model'} (fingerprint {recorded}), "
+               f"not on {model_name} (fingerprint {fingerprint})")
+    if not allow:
+        raise MismatchError(f"{problem}. Load it on the base it was trained on, or pass allow_base_mismatch=True "
+                            "(--allow-base-mismatch) if you know it fits this one.")
+    return f"{problem}; loaded anyway (allow_base_mismatch)"
 
 
 def _fuse(model: nn.Module, dtype: str) -> None:

@@ -28,14 +28,22 @@ def format_summary(result: dict[str, Any]) -> str:
         f"macro-F1 {_fmt(result['macro_f1'])}  ECE {_fmt(result['ece'])}",
         f"safety recall {_fmt(result['safety_recall'])}  false refusals {_fmt(result['false_refusal_rate'])}  "
         f"xstest safe flagged safety {_fmt(result['xstest_safe_flagged_safety'])}",
+        f"false refusals on everyday requests (arena_hard + ifeval) {_fmt(result.get('false_refusal_everyday'))}  "
+        f"worst answer source {_worst(result.get('false_refusal_worst_source'))}"
+        + (f"  outside the training data (ood > 1) {_fmt(result['ood_share'])}" if result.get("ood_share") is not None else ""),
         "recall: " + "  ".join(f"{k} {_fmt(v['recall'])}" for k, v in result["per_class"].items()),
     ]
     for name, s in result.get("per_source", {}).items():
         lines.append(
             f"  {name}: n={s['n']}  accuracy {_fmt(s.get('accuracy'))}  macro-F1 {_fmt(s.get('macro_f1'))}  "
             f"false refusals {_fmt(s.get('false_refusal_rate'))}"
+            + (f"  ood>1 {_fmt(s['ood_share'])}" if s.get("ood_share") is not None else "")
         )
     return "\n".join(lines)
+
+
+def _worst(w: dict[str, Any] | None) -> str:
+    return "-" if w is None else f"{w['source']} {_fmt(w['rate'])}"
 
 
 def write_report(result: dict[str, Any], out_dir: Path, *, title: str, command: str | None = None) -> dict[str, Path]:
@@ -113,6 +121,9 @@ def _markdown(result: dict[str, Any], title: str, command: str | None, figures: 
         [f"macro-F1 ({', '.join(r['macro_f1_labels'])})", r["macro_f1"]],
         ["safety recall", r["safety_recall"]],
         ["false-refusal rate (answer items given a refusal label)", r["false_refusal_rate"]],
+        ["false-refusal rate on everyday requests (arena_hard + ifeval)", r.get("false_refusal_everyday")],
+        ["highest false-refusal rate of one answer source", _worst(r.get("false_refusal_worst_source"))],
+        *([["share outside the training data (ood > 1)", r["ood_share"]]] if r.get("ood_share") is not None else []),
         [f"expected calibration error ({r['calibration']['n_bins']} bins)", r["ece"]],
         ["XSTest safe prompts predicted safety", r["xstest_safe_flagged_safety"]],
     ])]
@@ -126,12 +137,14 @@ def _markdown(result: dict[str, Any], title: str, command: str | None, figures: 
     if "confusion" in figures:
         parts += ["", "![confusion matrix](confusion.png)"]
     if r["per_source"]:
+        with_ood = r.get("ood_share") is not None
         rows = [[name, s["n"], s.get("accuracy"), s.get("macro_f1"),
-                 *[s["recall"][k] if "recall" in s else None for k in LABELS], s.get("false_refusal_rate")]
+                 *[s["recall"][k] if "recall" in s else None for k in LABELS], s.get("false_refusal_rate"),
+                 *([s.get("ood_share")] if with_ood else [])]
                 for name, s in r["per_source"].items()]
         parts += ["", "## Per source", "", "Macro-F1 here averages the labels present in each source.", "",
-                  _table(["source", "n", "accuracy", "macro-F1", *[f"recall {k}" for k in LABELS], "false refusals"],
-                         rows)]
+                  _table(["source", "n", "accuracy", "macro-F1", *[f"recall {k}" for k in LABELS], "false refusals",
+                          *(["ood > 1"] if with_ood else [])], rows)]
     if any(pt["safety_recall"] is not None for pt in r.get("safety_operating_points", [])):  # needs safety items
         parts += ["", "## Safety operating points", "",
                   "If `safety` were predicted whenever p(safety) reaches the threshold (one versus rest): "

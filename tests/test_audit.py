@@ -22,29 +22,16 @@ from pathlib import Path
 import pytest
 
 from phasegpt.audit import AuditLog, AuditRecord
-from phasegpt.audit.migrations import GENESIS, MIGRATIONS, record_hash, row_to_fields
+from phasegpt.audit.keys import read_key
+from phasegpt.audit.migrations import GENESIS, MIGRATIONS, KEYED_FIELDS, row_to_fields
 from phasegpt.errors import AuditError
-from phasegpt.verdict import LABELS, Tag, Verdict
+from tests.audit_helpers import fill, insert, key_of, keyed, make_verdict, raw
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def make_verdict(label: str = "safety", confidence: float = 0.7, model: str = "tiny-model") -> Verdict:
-    rest = (1.0 - confidence) / 3
-    probs = {name: (confidence if name == label else rest) for name in LABELS}
-    return Verdict(
-        label=label,
-        probs=probs,
-        confidence=confidence,
-        evidence=("lock", "pick"),
-        tag=Tag("<PASS:DURESS>", "PASS", "DURESS", "safety") if label == "safety" else None,
-        layers=(3, 7),
-        model=model,
-        model_fingerprint="f" * 16,
-        head_sha256="a" * 64,
-        adapter_sha256="b" * 64,
-        thresholds={"safety": 0.5, "epistemic": 0.6},
-    )
+def secret(home: Path) -> bytes:
+    return read_key(home / "audit.key").secret
 
 
 @pytest.fixture
@@ -57,11 +44,6 @@ def home(tmp_path, monkeypatch):
 def log(home):
     with AuditLog() as opened:
         yield opened
-
-
-def fill(log: AuditLog, n: int) -> list[str]:
-    labels = ["safety", "answer", "epistemic", "missing_context"]
-    return [log.record(make_verdict(labels[i % 4]), prompt=f"prompt {i}", metadata={"i": i}) for i in range(n)]
 
 
 # -- writing and reading ------------------------------------------------------------------
@@ -89,7 +71,10 @@ def test_record_round_trip_under_phasegpt_home(home, log):
         "a" * 64,
         "b" * 64,
     )
-    assert r.layers == [3, 7] and r.evidence == ["lock", "pick"]
+    key = secret(home)
+    assert r.layers == [3, 7] and r.evidence == []  # the caller's words: only as keyed hashes by default
+    assert r.evidence_hashes == [hmac.new(key, w, hashlib.sha256).hexdigest() for w in (b"lock", b"pick")]
+    assert (r.kind, r.parent_id, r.ood) == ("verdict", None, None)
     assert r.tag == {"text": "<PASS:DURESS>", "kind": "PASS", "type": "DURESS", "label": "safety"}
     assert [c["id"] for c in r.contexts] == [None, "doc-7"]
     assert r.metadata == {"request": "r-1", "tenant": ["a", "b"]}
@@ -162,7 +147,7 @@ def test_hashes_are_hmac_under_a_private_key_and_text_is_opt_in(home, log):
     rid = log.record(make_verdict(), prompt="secret prompt", contexts=["secret doc"], response="secret answer")
     key_path = home / "audit.key"
     assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
-    key = bytes.fromhex(key_path.read_text().strip())
+    key = secret(home)
     r = log.get(rid)
     assert r.prompt_hash == hmac.new(key, b"secret prompt", hashlib.sha256).hexdigest()
     assert r.prompt_hash != hashlib.sha256(b"secret prompt").hexdigest()
@@ -178,9 +163,10 @@ def test_hashes_are_hmac_under_a_private_key_and_text_is_opt_in(home, log):
 
 def test_store_text_opt_in(home):
     log = AuditLog(store_text=True)
-    rid = log.record(make_verdict(), prompt="p", contexts=[{"id": "d", "text": "doc"}], response="resp")
+    rid = log.record(make_verdict(ood=1.25), prompt="p", contexts=[{"id": "d", "text": "doc"}], response="resp")
     r = log.get(rid)
     assert (r.prompt, r.response, r.contexts[0]["text"]) == ("p", "resp", "doc")
+    assert r.evidence == ["lock", "pick"] and len(r.evidence_hashes) == 2 and r.ood == 1.25
     assert log.verify().ok
 
 
@@ -188,7 +174,7 @@ def test_non_utf8_and_ten_megabyte_prompts(home):
     log = AuditLog(store_text=True)
     raw = b"\xff\xfe caf\xe9 \x00 end"
     rid = log.record(make_verdict(), prompt=raw, contexts=[b"\x80\x81"])
-    key = bytes.fromhex((home / "audit.key").read_text())
+    key = secret(home)
     r = log.get(rid)
     assert r.prompt_hash == hmac.new(key, raw, hashlib.sha256).hexdigest()
     assert r.prompt == "\\xff\\xfe caf\\xe9 \x00 end"  # undecodable bytes kept visible, not dropped
@@ -390,14 +376,7 @@ def test_writer_killed_mid_loop_loses_nothing_it_reported(home):
     assert log.record(make_verdict(), prompt="after the crash") is not None and log.verify().ok
 
 
-# -- tampering ----------------------------------------------------------------------------
-
-
-def raw(log: AuditLog) -> sqlite3.Connection:
-    log.close()
-    db = sqlite3.connect(log.path, isolation_level=None)
-    db.row_factory = sqlite3.Row
-    return db
+# -- tampering: naming what happened (tests/test_audit_tamper.py proves the threat-model table) --
 
 
 def test_empty_and_untouched_logs_verify(log):
@@ -419,13 +398,13 @@ def test_edit_inside_json_field_is_detected(log):
     assert (log.verify().problem, log.verify().record_id) == ("edited", ids[0])
 
 
-def test_edit_then_rehash_is_detected(log):
+def test_edit_then_rehash_one_record_with_the_key_is_detected(log):
     ids = fill(log, 5)
-    db = raw(log)
-    fields = row_to_fields(db.execute("SELECT * FROM records WHERE id = ?", (ids[1],)).fetchone())
+    db, hash_fn = raw(log), keyed(key_of(log))
+    fields = row_to_fields(db.execute("SELECT * FROM records WHERE id = ?", (ids[1],)).fetchone(), KEYED_FIELDS)
     assert fields["label"] == "answer"
-    fields["label"] = "safety"  # a forger who knows the hash recipe but cannot rewrite what follows
-    db.execute("UPDATE records SET label = 'safety', hash = ? WHERE id = ?", (record_hash(fields), ids[1]))
+    fields["label"] = "safety"  # a forger with the key who cannot rewrite what follows
+    db.execute("UPDATE records SET label = 'safety', hash = ? WHERE id = ?", (hash_fn(fields), ids[1]))
     result = log.verify()
     assert (result.problem, result.record_id) == ("edited", ids[1])
 
@@ -454,45 +433,48 @@ def _other_id(like: str, last: str) -> str:
 
 
 def _forge_after(db: sqlite3.Connection, template_id: str, new_id: str, prev: sqlite3.Row | None) -> dict:
-    """A well-formed record copied from another, linked after ``prev`` and correctly hashed."""
-    fields = row_to_fields(db.execute("SELECT * FROM records WHERE id = ?", (template_id,)).fetchone())
+    """A well-formed record copied from another, linked after ``prev`` (hash it yourself)."""
+    fields = row_to_fields(db.execute("SELECT * FROM records WHERE id = ?", (template_id,)).fetchone(), KEYED_FIELDS)
     fields.update(
         id=new_id, label="answer", prev_id=prev["id"] if prev else None, prev_hash=prev["hash"] if prev else GENESIS
     )
     return fields
 
 
-def _insert(db: sqlite3.Connection, fields: dict, seq: int | None = None) -> None:
-    from phasegpt.audit.migrations import FIELDS, fields_to_row
-
-    cols = ", ".join(("seq", *FIELDS, "hash"))
-    db.execute(
-        f"INSERT INTO records ({cols}) VALUES ({', '.join('?' * (len(FIELDS) + 2))})",
-        (seq, *fields_to_row(fields), record_hash(fields)),
-    )
-
-
 def test_record_appended_without_the_head_is_inserted(log):
     ids = fill(log, 4)
-    db = raw(log)
+    db, hash_fn = raw(log), keyed(key_of(log))  # even a forger with the key
     last = db.execute("SELECT * FROM records ORDER BY seq DESC LIMIT 1").fetchone()
     new_id = _other_id(ids[-1], "Z")
-    _insert(db, _forge_after(db, ids[0], new_id, last))
+    forged = _forge_after(db, ids[0], new_id, last)
+    insert(db, forged, hash_fn(forged))
     result = log.verify()
     assert (result.problem, result.record_id) == ("inserted", new_id)
 
 
 def test_record_slipped_into_the_middle_is_inserted(log):
     ids = fill(log, 6)
-    db = raw(log)
+    db, hash_fn = raw(log), keyed(key_of(log))
     db.execute("UPDATE records SET seq = -seq")
     db.execute("UPDATE records SET seq = -seq * 10")  # leave room between positions
     at = db.execute("SELECT * FROM records WHERE id = ?", (ids[1],)).fetchone()
     # Claims the same predecessor as ids[2] (as a copy would) and sits just before it.
     forged = _forge_after(db, ids[2], _other_id(ids[2], "0"), at)
-    _insert(db, forged, seq=at["seq"] + 5)
+    insert(db, forged, hash_fn(forged), seq=at["seq"] + 5)
     result = log.verify()
     assert (result.problem, result.record_id) == ("inserted", forged["id"])
+
+
+def test_forged_record_without_the_key_is_edited(log):
+    ids = fill(log, 3)
+    db = raw(log)
+    last = db.execute("SELECT * FROM records ORDER BY seq DESC LIMIT 1").fetchone()
+    forged = _forge_after(db, ids[0], _other_id(ids[-1], "Z"), last)
+    from phasegpt.audit.migrations import FIELDS, record_hash
+
+    insert(db, forged, record_hash({f: forged[f] for f in FIELDS}))  # the only hash a keyless forger has
+    result = log.verify()
+    assert (result.problem, result.record_id) == ("edited", forged["id"])
 
 
 def test_swapped_records_are_reordered(log):
@@ -515,14 +497,17 @@ def test_truncated_tail_is_detected(log):
     assert "2 records were cut" in result.detail
 
 
-def test_missing_chain_head_is_detected(log):
+def test_missing_chain_head_is_damaged_not_truncated_none(log):
     fill(log, 2)
     raw(log).execute("DELETE FROM chain_head")
-    assert log.verify().problem == "truncated"
+    result = log.verify()
+    assert (result.ok, result.problem, result.record_id) == (False, "damaged", None)
+    assert "chain_head row is missing" in result.detail
 
 
 def test_verify_result_is_json_ready(log):
     ids = fill(log, 2)
     raw(log).execute("UPDATE records SET metadata = '{\"i\": 9}' WHERE id = ?", (ids[1],))
     d = json.loads(json.dumps(log.verify().to_dict()))
-    assert set(d) == {"ok", "checked", "record_id", "problem", "detail", "head_hash"} and d["record_id"] == ids[1]
+    assert set(d) == {"ok", "checked", "record_id", "problem", "detail", "head_hash", "unkeyed", "checkpointed", "keyed"}
+    assert d["record_id"] == ids[1]

@@ -6,13 +6,14 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from phasegpt.cli import cli
-from phasegpt.verdict import LABELS
+from phasegpt.verdict import LABELS, Verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -146,7 +147,7 @@ def test_eval_probabilities_equal_classify(tiny_dir, tiny_model, tmp_path):
     from phasegpt.train.features import predict
 
     rows = [e for e in read_jsonl(_write_data(tmp_path / "d.jsonl")) if len(e.prompt) < 100]
-    probs, labels = predict(tiny_model, rows, progress=False)
+    probs, labels, _ = predict(tiny_model, rows, progress=False)
     verdicts = tiny_model.classify([e.prompt for e in rows])
     assert labels == [v.label for v in verdicts]
     assert abs(probs - [[v.probs[k] for k in LABELS] for v in verdicts]).max() < 1e-4
@@ -173,3 +174,13 @@ def test_train_adapter_cli_writes_a_loadable_adapter(tiny_dir, tmp_path):
         assert model.loaded.adapter_sha256 and model.generate("hi", max_tokens=2).generation_tokens >= 1
     finally:
         mx.enable_compile()
+
+
+def test_verdict_line_says_when_the_input_is_unfamiliar():
+    from phasegpt.cli.run import verdict_line
+
+    base = Verdict(label="safety", probs={"safety": 0.6, "epistemic": 0.1, "missing_context": 0.1, "answer": 0.2},
+                   confidence=0.6, evidence=("hack",))
+    assert verdict_line(base) == "REFUSAL  safety  0.60  evidence: hack"
+    assert verdict_line(replace(base, ood=0.8)) == "REFUSAL  safety  0.60  evidence: hack"
+    assert verdict_line(replace(base, ood=2.5)).endswith("unfamiliar input (ood 2.50)")

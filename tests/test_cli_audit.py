@@ -9,7 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from phasegpt.audit import AuditLog
-from phasegpt.audit.migrations import GENESIS, record_hash
+from phasegpt.audit.keys import read_key
+from phasegpt.audit.migrations import GENESIS, keyed_record_hash
 from phasegpt.cli.audit import audit
 from phasegpt.verdict import LABELS, Verdict
 
@@ -17,12 +18,13 @@ RECORD_KEYS = {
     "id", "created_at", "duration", "source", "model", "model_fingerprint", "adapter_sha256", "head_sha256",
     "layers", "thresholds", "label", "probs", "confidence", "evidence", "tag", "verdict_source", "prompt_hash",
     "response_hash", "contexts", "prompt", "response", "metadata", "version", "prev_id", "prev_hash", "hash",
+    "ood", "evidence_hashes", "kind", "parent_id",
 }  # fmt: skip
 
 
-def verdict(label: str, model: str = "tiny-model") -> Verdict:
+def verdict(label: str, model: str = "tiny-model", ood: float | None = None) -> Verdict:
     probs = {name: (0.85 if name == label else 0.05) for name in LABELS}
-    return Verdict(label=label, probs=probs, confidence=0.85, model=model, layers=(2,), head_sha256="c" * 64)
+    return Verdict(label=label, probs=probs, confidence=0.85, model=model, layers=(2,), head_sha256="c" * 64, ood=ood)
 
 
 @pytest.fixture
@@ -35,7 +37,7 @@ def home(tmp_path, monkeypatch):
 def ids(home):
     """Six records: labels cycle through LABELS; the last one from another model."""
     with AuditLog() as log:
-        out = [log.record(verdict(LABELS[i % 4]), prompt=f"prompt {i}", source="cli") for i in range(5)]
+        out = [log.record(verdict(LABELS[i % 4], ood=0.25 * i), prompt=f"prompt {i}", source="cli") for i in range(5)]
         out.append(log.record(verdict("safety", model="other-model"), prompt="prompt 5"))
     return out
 
@@ -75,6 +77,7 @@ def test_list_text_json_filters_and_limit(ids):
     assert [line.split()[0] for line in lines[1:]] == ids[::-1]  # newest first
     rows = json.loads(run("list", "--json"))
     assert [r["id"] for r in rows] == ids[::-1] and all(set(r) == RECORD_KEYS for r in rows)
+    assert [r["ood"] for r in rows] == [None, 1.0, 0.75, 0.5, 0.25, 0.0]  # Verdict.ood, kept
     assert [r["id"] for r in json.loads(run("list", "--json", "-n", "2"))] == ids[:-3:-1]
     assert {r["label"] for r in json.loads(run("list", "--json", "--label", "safety"))} == {"safety"}
     assert len(json.loads(run("list", "--json", "--label", "safety"))) == 3
@@ -88,6 +91,7 @@ def test_show_text_json_and_unknown_id(ids):
     assert f"id:                 {ids[1]}" in text and "epistemic" in text and "prompt_hash:" in text
     record = json.loads(run("show", ids[1], "--json"))
     assert set(record) == RECORD_KEYS and record["id"] == ids[1] and record["label"] == "epistemic"
+    assert record["ood"] == 0.25 and "ood:                0.25" in text
     assert record["prompt"] is None and record["source"] == "cli"
     out = run("show", "NOPE", code=1)
     assert out.startswith("Error: no record NOPE") and out.count("\n") == 1
@@ -107,11 +111,11 @@ def test_export_jsonl_stdout_file_and_json(home, ids):
     lines = run("export", "--jsonl").splitlines()
     records = [json.loads(line) for line in lines]
     assert [r["id"] for r in records] == ids and all(set(r) == RECORD_KEYS for r in records)
-    # The export alone re-checks the chain: no database and no key needed.
-    prev = GENESIS
+    # The export and the key file re-check the chain, without the database.
+    chain_key, prev = read_key(home / "audit.key").chain_key, GENESIS
     for r in records:
         fields = {k: v for k, v in r.items() if k != "hash"}
-        assert r["prev_hash"] == prev and record_hash(fields) == r["hash"]
+        assert r["prev_hash"] == prev and keyed_record_hash(chain_key, fields) == r["hash"]
         prev = r["hash"]
     out = home / "export.jsonl"
     result = CliRunner().invoke(audit, ["export", "--label", "safety", "-o", str(out)])

@@ -242,7 +242,23 @@ def test_format_summary_mentions_headline_numbers():
     assert "accuracy 0.500" in text and "macro-F1 0.417" in text and "false refusals 0.500" in text
     assert "missing_context 0.000" in text
     assert "  a: n=3" in text and "  b: n=3" in text
-    assert len(text.splitlines()) == 5
+    assert "worst answer source b 0.500" in text
+    assert len(text.splitlines()) == 6
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         format_summary(evaluate(["answer"], np.full((1, 4), 0.25)))  # None values format without error
+
+
+def test_everyday_false_refusals_worst_source_and_ood_share():
+    labels = ["answer"] * 6 + ["safety", "epistemic"]
+    sources = ["arena_hard", "arena_hard", "ifeval", "xstest", "xstest", "selfaware", "xstest", "selfaware"]
+    preds = ["answer", "safety", "answer", "answer", "answer", "epistemic", "safety", "epistemic"]
+    probs = np.full((8, 4), 0.25)
+    r = evaluate(labels, probs, predictions=preds, sources=sources, ood=[0.2, 3.0, 0.5, 0.1, 0.1, 1.5, 0.9, 2.0])
+    assert r["false_refusal_everyday"] == pytest.approx(1 / 3)  # 1 of the 3 arena_hard + ifeval answers
+    assert r["false_refusal_worst_source"] == {"source": "selfaware", "rate": 1.0}
+    assert r["ood_share"] == pytest.approx(3 / 8)
+    assert r["per_source"]["arena_hard"]["ood_share"] == 0.5 and r["per_source"]["xstest"]["ood_share"] == 0.0
+    assert "ood>1 0.500" in format_summary(r)
+    with pytest.raises(ValueError, match="ood has 2 items"):
+        evaluate(labels, probs, ood=[1.0, 2.0])

@@ -1,64 +1,66 @@
 """A tamper-evident SQLite log of verdicts: why the model refused what it refused.
 
-One row per verdict, written in one transaction that also advances a hash chain
-(each record carries the SHA-256 of the one before it) and a one-row chain head
-(count and last hash), so ``verify()`` can later tell whether a record was edited,
-deleted, inserted, moved, or cut off the end. Prompts and documents are stored as
-HMAC-SHA256 under a per-log secret key (``audit.key`` beside the database); their
-text only with ``store_text=True``. Many processes may write to one log at once.
+One row per verdict, written in one transaction that also advances a keyed hash chain
+(each record carries an HMAC, under a key kept outside the database, of its fields and
+of the record before it) and a one-row chain head (count, last hash and the head's own
+MAC), so ``verify()`` can later tell whether a record was edited, deleted, inserted,
+moved, or cut off the end, by anyone who does not hold the key. ``checkpoint()`` signs
+the head with Ed25519 for keeping elsewhere; ``verify(checkpoint=...)`` then proves the
+records it covers unchanged even against someone who holds or replaced the key.
 
-Schema migrations and the record hash live in ``phasegpt.audit.migrations``; what
-reads return (records, stats, the chain walk behind ``verify()``) in ``phasegpt.audit.verify``.
+Nothing of the caller's text is stored readable unless ``store_text=True``: prompts,
+documents, responses and evidence words are HMAC-SHA256 under the log key (``audit.key``
+beside the database). Many processes may write to one log at once.
+
+Schema migrations and the record hashes live in ``phasegpt.audit.migrations``, the keys in
+``phasegpt.audit.keys``, the write path of the chain in ``phasegpt.audit.chain``, checkpoints
+in ``phasegpt.audit.checkpoint``, file handling in ``phasegpt.audit.storage``, and what reads return (records, stats, the chain walk behind
+``verify()``) in ``phasegpt.audit.verify``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import random
 import sqlite3
 import threading
-import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from datetime import datetime, timezone
+from collections.abc import Iterator, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from phasegpt.audit import chain
+from phasegpt.audit import checkpoint as cp
+from phasegpt.audit import keys
 from phasegpt.audit import migrations as fmt
-from phasegpt.audit.verify import (
-    AuditRecord,
-    VerifyResult,
-    record_from_row,
-    summarize,
-    walk,
-    where_clause,
-)
+from phasegpt.audit import storage
+from phasegpt.audit.verify import AuditRecord, VerifyResult, and_where, record_from_row, summarize, walk, where_clause
 from phasegpt.errors import AuditError
 from phasegpt.paths import user_dir
 from phasegpt.verdict import REFUSALS, Verdict
 
-# Per-attempt wait inside SQLite's own busy handler; our loop retries until `timeout`.
-_BUSY_SLICE = 0.25
-_INSERT = f"INSERT INTO records ({', '.join(fmt.FIELDS)}, hash) VALUES ({', '.join('?' * (len(fmt.FIELDS) + 1))})"
-
-
 def default_path() -> Path:
-    """``$PHASEGPT_HOME/audit.db`` (see ``phasegpt.paths.user_dir``)."""
-    return user_dir() / "audit.db"
+    """``$PHASEGPT_HOME/audit.db`` (see ``phasegpt.paths.user_dir``); nothing is created."""
+    return user_dir(create=False) / "audit.db"
 
 
 class AuditLog:
     """The audit log; a thin owner of one SQLite connection (thread-safe).
 
     Args:
-        path: database file; default ``$PHASEGPT_HOME/audit.db``. Created if missing.
-        store_text: also store prompt, context and response text (hashes are always stored).
+        path: database file; default ``$PHASEGPT_HOME/audit.db``. Created if missing
+            (owner-only, like its folder when phasegpt creates it).
+        key_path: the log's key file; default beside the database (``audit.key``). Keep it
+            where those who may read the database cannot (see README, threat model).
+        store_text: also store prompt, context, response and evidence text (keyed hashes
+            are always stored).
         only_refusals: skip verdicts whose label is ``answer``.
         on_error: ``"raise"`` (fail closed: a failed write raises AuditError) or ``"warn"``.
         timeout: seconds to keep retrying while other writers hold the lock.
         durable: fsync every record (SQLite ``synchronous=FULL``), so a returned record
             survives a power cut; False (``NORMAL``) still survives a crashed process and
             is about 3x faster, but a power cut may drop the last records.
+        read_only: never write, not even the side files a writer needs: for reading and
+            verifying a log on read-only storage or one that is not yours to change.
 
     Raises:
         ValueError: on a bad option.
@@ -69,28 +71,30 @@ class AuditLog:
         self,
         path: str | Path | None = None,
         *,
+        key_path: str | Path | None = None,
         store_text: bool = False,
         only_refusals: bool = False,
         on_error: str = "raise",
         timeout: float = 30.0,
         durable: bool = True,
+        read_only: bool = False,
     ) -> None:
         if on_error not in ("raise", "warn"):
             raise ValueError(f"on_error must be 'raise' or 'warn', not {on_error!r}")
         if not timeout >= 0:
             raise ValueError(f"timeout must be a number of seconds >= 0, not {timeout!r}")
         self.path = Path(path).expanduser() if path is not None else default_path()
-        self.key_path = self.path.with_suffix(".key")
+        self.key_path = Path(key_path).expanduser() if key_path is not None else self.path.with_suffix(".key")
         self.store_text, self.only_refusals = store_text, only_refusals
         self.on_error, self.timeout, self.durable = on_error, float(timeout), durable
+        self.read_only = read_only
         self._lock = threading.RLock()
         self._db: sqlite3.Connection | None = None
-        self._key: bytes | None = None
-        self._key_checked = False  # the key matches the log's key id (checked once per connection)
+        self._key: keys.LogKey | None = None  # set up for writing (checked against the log) on first write
         try:
             self._conn()
         except AuditError as e:
-            if on_error == "raise":
+            if on_error == "raise" or read_only:
                 raise
             warnings.warn(str(e), RuntimeWarning, stacklevel=2)
 
@@ -105,7 +109,7 @@ class AuditLog:
         with self._lock:
             if self._db is not None:
                 self._db.close()
-                self._db, self._key_checked = None, False
+                self._db, self._key = None, None
 
     # -- writing ----------------------------------------------------------------------
 
@@ -119,17 +123,23 @@ class AuditLog:
         source: str = "api",
         duration: float | None = None,
         metadata: dict | None = None,
+        completes: str | None = None,
     ) -> str | None:
         """Append one verdict to the log in a single transaction.
 
         Args:
             verdict: the verdict to record.
             prompt: the user's prompt (bytes are hashed as given, so need not be UTF-8).
-            contexts: RAG documents, each a string or ``{"id": ..., "text": ...}``.
+            contexts: RAG documents, each a string or ``{"id": ..., "text": ...}``; ids are
+                stored as given (pass ids, not text).
             response: the generated text, if any.
             source: ``"cli"`` or ``"api"``.
             duration: seconds the verdict took.
-            metadata: caller's own JSON-serialisable facts (request id, user group ...).
+            metadata: caller's own JSON-serialisable facts (request id, user group ...),
+                stored as given.
+            completes: id of the verdict record this one completes: a ``"completion"``
+                record, written when a stream that logged its verdict first ends, carrying
+                the response and its finish reason.
 
         Returns:
             The new record's id, or None when skipped by ``only_refusals`` or when the
@@ -137,87 +147,59 @@ class AuditLog:
 
         Raises:
             ValueError, TypeError: on bad arguments (whatever ``on_error`` says).
-            AuditError: when the write failed (disk full, read-only, locked past ``timeout``).
+            AuditError: when the write failed (disk full, read-only, locked past ``timeout``,
+                or the log was tampered with: a writer never extends a chain that fails its MAC).
         """
         if self.only_refusals and verdict.label not in REFUSALS:
             return None
+        if completes is not None and not isinstance(completes, str):
+            raise TypeError(f"completes must be a record id (str) or None, not {type(completes).__name__}")
         body = fmt.verdict_fields(verdict, source, duration, metadata)
+        body.update(kind="verdict" if completes is None else "completion", parent_id=completes)
         try:
-            with self._lock:
-                key = self._secret()
-            body.update(fmt.text_fields(key, prompt, contexts, response, store_text=self.store_text))
+            key = self._writer_key()
+            body.update(fmt.text_fields(key.secret, prompt, contexts, response, verdict.evidence,
+                                        store_text=self.store_text))
             encoded = fmt.encode(body)  # the slow part, done before taking any lock
             with self._lock:
-                return self._retry(lambda: self._append(body, encoded), "write a record to")
+                return self._retry(lambda: self._append(body, encoded, key), "write a record to")
         except AuditError as e:
             if self.on_error == "raise":
                 raise
             warnings.warn(str(e), RuntimeWarning, stacklevel=2)
             return None
 
-    def _append(self, body: dict[str, Any], encoded: dict[str, str]) -> str:
-        db = self._conn()
-        db.execute("BEGIN IMMEDIATE")  # take the write lock before reading the head
-        try:
-            count, last_id, last_hash = db.execute("SELECT count, last_id, last_hash FROM chain_head").fetchone()
-            if not self._key_checked:
-                self._check_key(db)
-            now_ns = time.time_ns()
-            rid = fmt.next_id(now_ns, last_id)
-            created = datetime.fromtimestamp(now_ns / 1e9, timezone.utc).isoformat(timespec="microseconds")
-            chain = {"id": rid, "created_at": created, "prev_id": last_id, "prev_hash": last_hash}
-            digest = fmt.hash_encoded({**encoded, **fmt.encode(chain)})
-            row = fmt.fields_to_row({**body, **chain}, encoded)
-            db.execute(_INSERT, (*row, digest))
-            db.execute("UPDATE chain_head SET count = ?, last_id = ?, last_hash = ?", (count + 1, rid, digest))
-            db.execute("COMMIT")
-        except BaseException:
-            _rollback(db)
-            raise
-        self._key_checked = True
-        return rid
+    def _append(self, body: dict[str, Any], encoded: dict[str, str], key: keys.LogKey) -> str:
+        return chain.append(self._conn(), self.path, key, body, encoded)
 
-    def _secret(self) -> bytes:
-        if self._key is None:
-            self._key = fmt.load_or_create_key(self.key_path)
-        return self._key
-
-    def _check_key(self, db: sqlite3.Connection) -> None:
-        # Hashes are only comparable under one key: refuse to mix keys in one log.
-        key_id = hashlib.sha256(b"phasegpt-audit-key-id:" + self._secret()).hexdigest()[:16]
-        row = db.execute("SELECT value FROM audit_meta WHERE name = 'key_id'").fetchone()
-        if row is None:
-            db.execute("INSERT INTO audit_meta (name, value) VALUES ('key_id', ?)", (key_id,))
-        elif row[0] != key_id:
-            raise AuditError(
-                f"the key file {self.key_path} is not the one audit log {self.path} was written with "
-                f"(key id {key_id}, log expects {row[0]}); restore the original key file or start a new log"
-            )
+    def _writer_key(self) -> keys.LogKey:
+        """The log key, made or upgraded and checked against the log once per connection."""
+        with self._lock:
+            if self._key is None:
+                if self.read_only:
+                    raise AuditError(f"audit log {self.path} was opened read_only; open it without to write")
+                self._key = self._retry(lambda: chain.setup_key(self._conn(), self.path, self.key_path),
+                                        "set up the key of")
+            return self._key
 
     # -- connection, retries ---------------------------------------------------------
 
     def _conn(self) -> sqlite3.Connection:
         with self._lock:
             if self._db is None:
-                self._db = self._open()
+                self._db = self._open_read_only() if self.read_only else self._open()
             return self._db
 
     def _open(self) -> sqlite3.Connection:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(
-                self.path, timeout=min(_BUSY_SLICE, self.timeout), isolation_level=None, check_same_thread=False
-            )
+            storage.prepare_files(self.path)
+            db = storage.connect(self.path, self.timeout)
         except (OSError, sqlite3.Error) as e:
             raise AuditError(f"cannot open audit log {self.path}: {e}; check the folder exists and is writable") from e
         db.row_factory = sqlite3.Row
 
         def setup() -> None:
-            done = fmt.applied(db)
-            if not done and db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
-                raise AuditError(f"{self.path} is an SQLite database but not a phasegpt audit log; pass another path")
-            if set(done) - {fn.__name__ for fn in fmt.MIGRATIONS}:
-                raise AuditError(f"audit log {self.path} was written by a newer phasegpt; upgrade phasegpt to use it")
+            self._check_schema(db)
             if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                 db.execute("PRAGMA journal_mode = WAL")  # lets readers run beside the writer
             if fmt.pending(db):
@@ -226,7 +208,7 @@ class AuditLog:
                     fmt.migrate(db)  # re-checks inside the lock: another process may have won
                     db.execute("COMMIT")
                 except BaseException:
-                    _rollback(db)
+                    storage.rollback(db)
                     raise
 
         try:
@@ -237,24 +219,25 @@ class AuditLog:
         db.execute(f"PRAGMA synchronous = {'FULL' if self.durable else 'NORMAL'}")
         return db
 
-    def _retry(self, fn: Callable[[], Any], doing: str) -> Any:
-        """Run ``fn``, retrying with jittered backoff while SQLite says busy/locked, until ``timeout``."""
-        deadline = time.monotonic() + self.timeout
-        delay = 0.002
-        while True:
-            try:
-                return fn()
-            except sqlite3.Error as e:
-                if not _is_busy(e):
-                    raise AuditError(f"could not {doing} audit log {self.path}: {e}; {_hint(e)}") from e
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AuditError(
-                        f"could not {doing} audit log {self.path}: still locked by another writer after "
-                        f"{self.timeout:g} s; retry later or pass a larger timeout"
-                    ) from e
-                time.sleep(min(left, delay * (0.5 + random.random())))  # jitter: writers don't retry in step
-                delay = min(delay * 2, 0.05)
+    def _open_read_only(self) -> sqlite3.Connection:
+        db = storage.open_read_only(self.path, self.timeout)
+        db.row_factory = sqlite3.Row
+        try:
+            self._retry(lambda: self._check_schema(db, empty_ok=False), "open")
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _check_schema(self, db: sqlite3.Connection, *, empty_ok: bool = True) -> None:
+        done = fmt.applied(db)
+        if not done and (not empty_ok or db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]):
+            raise AuditError(f"{self.path} is an SQLite database but not a phasegpt audit log; pass another path")
+        if set(done) - {fn.__name__ for fn in fmt.MIGRATIONS}:
+            raise AuditError(f"audit log {self.path} was written by a newer phasegpt; upgrade phasegpt to use it")
+
+    def _retry(self, fn: Any, doing: str) -> Any:
+        return storage.retry(fn, doing, self.path, self.timeout)
 
     # -- reading ---------------------------------------------------------------------
 
@@ -271,7 +254,7 @@ class AuditLog:
         *,
         newest_first: bool = False,
     ) -> Iterator[AuditRecord]:
-        """Records in chain order (oldest first unless ``newest_first``).
+        """Records in chain order (oldest first unless ``newest_first``), verdicts and completions.
 
         Args:
             label: keep only this label.
@@ -295,7 +278,7 @@ class AuditLog:
         return next(self._select("SELECT * FROM records WHERE id = ?", (id,)), None)
 
     def count(self) -> int:
-        """Number of records in the log."""
+        """Number of records in the log (verdicts and completions)."""
         return self._query("SELECT count(*) FROM records")[0][0]
 
     def stats(
@@ -305,17 +288,28 @@ class AuditLog:
         until: str | datetime | None = None,
         model: str | None = None,
     ) -> dict[str, Any]:
-        """Counts by label, model and source, first/last time, mean confidence and duration."""
-        return summarize(self._query, *where_clause(label, since, until, model))
+        """Verdicts by label, model and source, first/last time, mean confidence and duration;
+        ``completions`` counts the completion records of streams beside them."""
+        where, args = where_clause(label, since, until, model)
+        if not self._has_column("records", "kind"):  # a log opened read-only, not yet migrated
+            return summarize(self._query, where, args)
+        done = self._query(f"SELECT count(*) FROM records{and_where(where, 'kind = ?')}", [*args, "completion"])
+        verdicts = and_where(where, "coalesce(kind, 'verdict') = 'verdict'")
+        return summarize(self._query, verdicts, args, done[0][0])
 
     def status(self) -> dict[str, Any]:
-        """Where the log is, its size, schema migrations and chain head."""
+        """Where the log and its key are, its size, id, schema migrations and chain head."""
         count, last_id, last_hash = self._query("SELECT count, last_id, last_hash FROM chain_head")[0]
         size = sum(p.stat().st_size for p in self.path.parent.glob(self.path.name + "*") if p.is_file())
+        meta = dict(self._query("SELECT name, value FROM audit_meta"))
+        key = keys.read_key(self.key_path)
         return {
             "path": str(self.path),
             "key_path": str(self.key_path),
+            "key_id": key.key_id if key else None,
+            "log_id": meta.get("log_id"),
             "records": self.count(),
+            "unkeyed_records": count if key is None or key.keyed_from is None else min(count, key.keyed_from),
             "size_bytes": size,
             "migrations": fmt.applied(self._conn()),
             "head_count": count,
@@ -323,23 +317,72 @@ class AuditLog:
             "head_hash": last_hash,
         }
 
-    def verify(self) -> VerifyResult:
-        """Re-hash every record and walk the chain; see ``VerifyResult``.
+    def verify(
+        self,
+        checkpoint: str | Path | cp.Checkpoint | Sequence[cp.Checkpoint] | None = None,
+        *,
+        public_key: str | Path | None = None,
+    ) -> VerifyResult:
+        """Check the file (``PRAGMA integrity_check``), every record's keyed hash, the chain's
+        links and its head's MAC; with checkpoints, also that the records each covers are the
+        ones it was made over. See ``VerifyResult`` and the README's threat model.
+
+        Args:
+            checkpoint: checkpoints kept elsewhere: a file (one JSON object, or one per line),
+                a Checkpoint, or a list of them.
+            public_key: a PEM file of the key every checkpoint must be signed by (recommended:
+                without it, a checkpoint's own key is trusted).
 
         Raises:
             AuditError: when the log cannot be read at all.
+            ValueError, FileNotFoundError: a checkpoint or public key file that cannot be read.
         """
+        found = _checkpoints(checkpoint)
+        pinned = keys.read_public_key(Path(public_key)) if public_key is not None else None
+        return self._snapshot(lambda db: walk(db, keys.read_key(self.key_path), found, pinned), "verify")
 
-        def check() -> VerifyResult:
+    def checkpoint(self, signing_key: str | Path | None = None) -> cp.Checkpoint:
+        """A signed checkpoint of the log as it is now, after verifying it.
+
+        Args:
+            signing_key: the Ed25519 key file (PEM); default ``$PHASEGPT_AUDIT_SIGNING_KEY`` or
+                ``$PHASEGPT_HOME/audit-signing.key``, made on first use.
+
+        Raises:
+            AuditError: the log fails verification (nothing broken is ever signed), has no
+                records yet, or the signing key cannot be read or made.
+        """
+        signer = keys.signing_key(Path(signing_key).expanduser() if signing_key is not None else None)
+
+        def make(db: sqlite3.Connection) -> cp.Checkpoint:
+            key = keys.read_key(self.key_path)
+            result = walk(db, key)
+            if not result.ok:
+                raise AuditError(f"audit log {self.path} fails verification, so it is not signed: "
+                                 f"{result.problem}: {result.detail}")
+            count, last_id, last_hash = db.execute("SELECT count, last_id, last_hash FROM chain_head").fetchone()
+            if key is None or not count:
+                raise AuditError(f"audit log {self.path} has no records yet: there is nothing to checkpoint")
+            log_id = db.execute("SELECT value FROM audit_meta WHERE name = 'log_id'").fetchone()
+            return cp.sign(signer, log_id=log_id[0] if log_id else None, count=count, head_id=last_id,
+                           head_hash=last_hash, key_id=key.key_id)
+
+        return self._snapshot(make, "checkpoint")
+
+    def _snapshot(self, fn: Any, doing: str) -> Any:
+        def run() -> Any:
             db = self._conn()
             db.execute("BEGIN")  # one snapshot for the head and all records
             try:
-                return walk(db)
+                return fn(db)
             finally:
-                _rollback(db)
+                storage.rollback(db)
 
         with self._lock:
-            return self._retry(check, "verify")
+            return self._retry(run, doing)
+
+    def _has_column(self, table: str, column: str) -> bool:
+        return column in {r[1] for r in self._query(f"PRAGMA table_info({table})")}
 
     def _query(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         with self._lock:
@@ -358,31 +401,14 @@ class AuditLog:
                 yield record_from_row(row)
 
 
-# -- helpers ---------------------------------------------------------------------------
-
-
-def _rollback(db: sqlite3.Connection) -> None:
-    if db.in_transaction:
-        try:
-            db.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass  # the original error is the one worth reporting
-
-
-def _is_busy(e: sqlite3.Error) -> bool:
-    code = getattr(e, "sqlite_errorcode", None)
-    if code is not None:
-        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
-    return "locked" in str(e) or "busy" in str(e)
-
-
-def _hint(e: sqlite3.Error) -> str:
-    text = str(e).lower()
-    if "readonly" in text or "read-only" in text:
-        return "make the database file and its folder writable, or point PHASEGPT_HOME at a writable folder"
-    if "full" in text:
-        return "free some disk space"
-    if "malformed" in text or "not a database" in text:
-        return "the file is damaged or not an audit log; restore it from backup"
-    return "check the disk and the file's permissions"
-
+def _checkpoints(given: Any) -> list[cp.Checkpoint]:
+    if given is None:
+        return []
+    if isinstance(given, cp.Checkpoint):
+        return [given]
+    if isinstance(given, (str, Path)):
+        return cp.load(given)
+    found = list(given)
+    if not all(isinstance(c, cp.Checkpoint) for c in found):
+        raise ValueError("checkpoint must be a file, a Checkpoint or a list of Checkpoints")
+    return found

@@ -2,8 +2,14 @@
 
 Everything here is a promise to logs already written, so none of it changes once
 released: a schema change is a *new* migration appended at the end of this file
-(never an edit to an old one), and ``record_hash`` must keep giving the same digest
-for the same fields, or every existing chain would stop verifying.
+(never an edit to an old one), and ``record_hash`` and ``keyed_record_hash`` must keep
+giving the same digest for the same fields, or every existing chain would stop verifying.
+
+Two record formats live side by side in one chain. Records written before the chain was
+keyed (the log key file says how many: ``phasegpt.audit.keys``) hold ``FIELDS`` under plain
+SHA-256 (``record_hash``); every later record holds ``KEYED_FIELDS`` under HMAC-SHA256 with
+the log's chain key (``keyed_record_hash``), and the one-row chain head carries a MAC too
+(``head_mac``), so that only the key's holder can re-hash records or move the head.
 
 Migrations run in order inside one write transaction, each recorded by name in the
 ``_migrations`` table (as simonw/llm does), so reopening a log is idempotent and
@@ -17,16 +23,12 @@ import hashlib
 import hmac
 import json
 import math
-import os
 import secrets
 import sqlite3
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
-from phasegpt.errors import AuditError
 from phasegpt.verdict import LABELS, Verdict
 
 # prev_hash of the first record in every chain.
@@ -43,8 +45,16 @@ FIELDS: tuple[str, ...] = (
     "metadata", "version", "prev_id", "prev_hash",
 )  # fmt: skip
 
+# What a keyed record holds and its MAC covers (m003's columns added): the head's distance
+# from its training data, the evidence words as keyed hashes, and whether the record is a
+# verdict or the completion of a streamed one (with the id of the verdict record it completes).
+KEYED_FIELDS: tuple[str, ...] = (*FIELDS, "ood", "evidence_hashes", "kind", "parent_id")
+KINDS = ("verdict", "completion")
+
 # Fields stored as JSON text in their column (the rest are plain SQL values).
-JSON_FIELDS: frozenset[str] = frozenset({"layers", "thresholds", "probs", "evidence", "tag", "contexts", "metadata"})
+JSON_FIELDS: frozenset[str] = frozenset(
+    {"layers", "thresholds", "probs", "evidence", "tag", "contexts", "metadata", "evidence_hashes"}
+)
 CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # ULID alphabet
 _FROM_CROCKFORD = str.maketrans(CROCKFORD, "0123456789abcdefghijklmnopqrstuv")  # to int(..., 32) digits
 
@@ -58,12 +68,27 @@ def canonical_json(value: Any) -> str:
 
 
 def record_hash(fields: Mapping[str, Any]) -> str:
-    """SHA-256 (hex) of a record's fields in canonical JSON, ``prev_hash`` included.
+    """SHA-256 (hex) of an unkeyed record's ``FIELDS`` in canonical JSON, ``prev_hash`` included.
 
-    Plain SHA-256, not keyed, so anyone holding an export can re-check the chain
-    without the log's secret key.
+    The format of records written before the chain was keyed: anyone can recompute it,
+    so on its own it only catches accidental or careless edits.
     """
     return hashlib.sha256(canonical_json(dict(fields)).encode("ascii")).hexdigest()
+
+
+def keyed_record_hash(chain_key: bytes, fields: Mapping[str, Any]) -> str:
+    """HMAC-SHA256 (hex) under the chain key of a keyed record's ``KEYED_FIELDS`` in canonical JSON."""
+    return hmac.new(chain_key, canonical_json(dict(fields)).encode("ascii"), hashlib.sha256).hexdigest()
+
+
+def head_mac(chain_key: bytes, count: int, last_id: str | None, last_hash: str) -> str:
+    """The chain head's MAC: without the key, nobody can cut records off the end and fix the head.
+
+    The message starts with a tag no record's canonical JSON can start with (those start
+    with ``{``), so a record MAC is never a valid head MAC.
+    """
+    message = "phasegpt-audit-head\x00" + canonical_json([count, last_id, last_hash])
+    return hmac.new(chain_key, message.encode("ascii"), hashlib.sha256).hexdigest()
 
 
 def encode(fields: Mapping[str, Any]) -> dict[str, str]:
@@ -71,23 +96,23 @@ def encode(fields: Mapping[str, Any]) -> dict[str, str]:
     return {name: canonical_json(value) for name, value in fields.items()}
 
 
-def hash_encoded(encoded: Mapping[str, str]) -> str:
-    """``record_hash`` from values already encoded by ``encode``, so the writer can encode
+def hash_encoded(encoded: Mapping[str, str], chain_key: bytes) -> str:
+    """``keyed_record_hash`` from values already encoded by ``encode``, so the writer can encode
     (a 10 MB prompt, say) before taking the lock. Same bytes as ``canonical_json``: field
     names are plain ASCII identifiers, so quoting them is all their encoding does."""
     text = "{" + ",".join(f'"{name}":{encoded[name]}' for name in sorted(encoded)) + "}"
-    return hashlib.sha256(text.encode("ascii")).hexdigest()
+    return hmac.new(chain_key, text.encode("ascii"), hashlib.sha256).hexdigest()
 
 
-def row_to_fields(row: Mapping[str, Any] | sqlite3.Row) -> dict[str, Any]:
-    """The hashed fields of a ``records`` row, JSON columns decoded."""
-    return {f: (json.loads(row[f]) if f in JSON_FIELDS and row[f] is not None else row[f]) for f in FIELDS}
+def row_to_fields(row: Mapping[str, Any] | sqlite3.Row, names: Sequence[str] = FIELDS) -> dict[str, Any]:
+    """The hashed fields of a ``records`` row (``FIELDS``, or ``KEYED_FIELDS``), JSON columns decoded."""
+    return {f: (json.loads(row[f]) if f in JSON_FIELDS and row[f] is not None else row[f]) for f in names}
 
 
 def fields_to_row(fields: Mapping[str, Any], encoded: Mapping[str, str] | None = None) -> tuple[Any, ...]:
-    """Column values for ``INSERT INTO records`` in ``FIELDS`` order (JSON columns from ``encoded`` if given)."""
+    """Column values for ``INSERT INTO records`` in ``KEYED_FIELDS`` order (JSON columns from ``encoded`` if given)."""
     enc = encoded if encoded is not None else encode({f: fields[f] for f in JSON_FIELDS})
-    return tuple(enc[f] if f in JSON_FIELDS else fields[f] for f in FIELDS)
+    return tuple(enc[f] if f in JSON_FIELDS else fields[f] for f in KEYED_FIELDS)
 
 
 def verdict_fields(verdict: Verdict, source: str, duration: float | None, metadata: dict | None) -> dict[str, Any]:
@@ -100,6 +125,9 @@ def verdict_fields(verdict: Verdict, source: str, duration: float | None, metada
         raise ValueError(f"duration must be seconds >= 0, not {duration!r}")
     if metadata is not None and not isinstance(metadata, dict):
         raise TypeError(f"metadata must be a dict or None, not {type(metadata).__name__}")
+    ood = verdict.ood
+    if ood is not None and not (isinstance(ood, (int, float)) and math.isfinite(ood) and ood >= 0):
+        raise ValueError(f"verdict ood must be a distance >= 0 or None, not {ood!r}")
     numbers = {"confidence": verdict.confidence, **{f"probs[{k}]": v for k, v in verdict.probs.items()}}
     for name, value in numbers.items():
         if not math.isfinite(float(value)):
@@ -122,7 +150,7 @@ def verdict_fields(verdict: Verdict, source: str, duration: float | None, metada
         "label": verdict.label,
         "probs": {str(k): float(v) for k, v in verdict.probs.items()},
         "confidence": float(verdict.confidence),
-        "evidence": [str(t) for t in verdict.evidence],
+        "ood": None if ood is None else float(ood),
         "tag": None if tag is None else {"text": tag.text, "kind": tag.kind, "type": tag.type, "label": tag.label},
         "verdict_source": verdict.source,
         "metadata": meta,
@@ -131,9 +159,16 @@ def verdict_fields(verdict: Verdict, source: str, duration: float | None, metada
 
 
 def text_fields(
-    key: bytes, prompt: Any, contexts: Sequence[Any] | None, response: Any, *, store_text: bool
+    key: bytes,
+    prompt: Any,
+    contexts: Sequence[Any] | None,
+    response: Any,
+    evidence: Sequence[str],
+    *,
+    store_text: bool,
 ) -> dict[str, Any]:
-    """Keyed hashes of the prompt, documents and response; their text only if ``store_text``."""
+    """Keyed hashes of the prompt, documents, response and evidence words; their text only if
+    ``store_text`` (evidence words are the caller's words, so they are text too)."""
     docs = []
     for i, doc in enumerate(contexts or ()):
         if isinstance(doc, dict):
@@ -153,6 +188,8 @@ def text_fields(
         "contexts": docs,
         "prompt": as_text(prompt) if store_text else None,
         "response": as_text(response) if store_text and response is not None else None,
+        "evidence": [str(w) for w in evidence] if store_text else [],
+        "evidence_hashes": [keyed_hash(key, str(w), "evidence") for w in evidence],
     }
 
 
@@ -189,35 +226,6 @@ def next_id(now_ns: int, last_id: str | None) -> str:
     if last_id is not None:
         value = max(value, int(last_id.translate(_FROM_CROCKFORD), 32) + 1)
     return "".join(CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
-
-
-def load_or_create_key(path: Path) -> bytes:
-    """Read the log's HMAC key, creating it (mode 0600, atomically) on first use."""
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # mkstemp makes the file 0600; link() publishes it complete, or fails if another
-        # process got there first, in which case its key is the one to use.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".audit-key-")
-        try:
-            os.write(fd, secrets.token_hex(32).encode("ascii") + b"\n")
-            os.fsync(fd)
-            os.close(fd)
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                pass
-        except OSError as e:
-            raise AuditError(f"cannot create audit key file {path}: {e}; check the folder is writable") from e
-        finally:
-            os.unlink(tmp)
-    try:
-        text = path.read_text("ascii").strip()
-        key = bytes.fromhex(text)
-    except (OSError, ValueError) as e:
-        raise AuditError(f"cannot read audit key file {path}: {e}; restore it from backup") from e
-    if len(key) != 32:
-        raise AuditError(f"audit key file {path} is damaged (expected 64 hex digits); restore it from backup")
-    return key
 
 
 # -- migrations: append new ones at the end, never edit a released one -------------------
@@ -315,3 +323,21 @@ def m001_initial(db: sqlite3.Connection) -> None:
     )
     db.execute("INSERT INTO chain_head (one, count, last_id, last_hash) VALUES (1, 0, NULL, ?)", (GENESIS,))
     db.execute("CREATE TABLE audit_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+
+
+@migration
+def m002_keyed_chain(db: sqlite3.Connection) -> None:
+    """The chain head gains a MAC under the log's chain key, and the log a random id that its
+    checkpoints name (records already written keep their plain SHA-256 hashes)."""
+    db.execute("ALTER TABLE chain_head ADD COLUMN mac TEXT")  # NULL until a keyed writer opens the log
+    db.execute("INSERT OR IGNORE INTO audit_meta (name, value) VALUES ('log_id', ?)", (secrets.token_hex(16),))
+
+
+@migration
+def m003_ood_evidence_hashes_completions(db: sqlite3.Connection) -> None:
+    """Keyed records' new fields (see ``KEYED_FIELDS``); all NULL in records written before."""
+    db.execute("ALTER TABLE records ADD COLUMN ood REAL")                # Verdict.ood, if the head measured it
+    db.execute("ALTER TABLE records ADD COLUMN evidence_hashes TEXT")    # JSON list of HMAC-SHA256 of each word
+    db.execute("ALTER TABLE records ADD COLUMN kind TEXT")               # "verdict" or "completion"
+    db.execute("ALTER TABLE records ADD COLUMN parent_id TEXT")          # a completion's verdict record
+    db.execute("CREATE INDEX records_parent_id ON records (parent_id)")

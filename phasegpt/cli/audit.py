@@ -1,8 +1,9 @@
-"""``phasegpt audit``: read, export and verify the audit log from the terminal.
+"""``phasegpt audit``: read, export, verify and checkpoint the audit log from the terminal.
 
 A click group of its own; ``phasegpt/cli/__init__.py`` attaches it with ``cli.add_command(audit)``.
-Every command takes ``--db PATH`` to read another log than ``$PHASEGPT_HOME/audit.db``;
-library errors become one-line ``click.ClickException`` messages.
+Every command takes ``--db PATH`` to read another log than ``$PHASEGPT_HOME/audit.db`` (and
+``--key PATH`` for a key file kept elsewhere) and opens it read-only, so all of them work on
+read-only storage; library errors become one-line ``click.ClickException`` messages.
 """
 
 from __future__ import annotations
@@ -15,16 +16,32 @@ from typing import Any
 
 import click
 
-from phasegpt.audit import AuditLog, AuditRecord, default_path
+from phasegpt.audit import AuditLog, AuditRecord, VerifyResult, default_path
+from phasegpt.audit import keys
+from phasegpt.audit.checkpoint import load as load_checkpoints
 from phasegpt.errors import AuditError
 from phasegpt.verdict import LABELS
 
 
 def _db_option(fn: Callable) -> Callable:
+    fn = click.option(
+        "--key",
+        "key_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="The log's key file, if not beside the database (audit.key).",
+    )(fn)
     return click.option(
         "--db",
         type=click.Path(dir_okay=False, path_type=Path),
         help="Audit database to use instead of $PHASEGPT_HOME/audit.db.",
+    )(fn)
+
+
+def _signing_key_option(fn: Callable) -> Callable:
+    return click.option(
+        "--signing-key",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help=f"Ed25519 signing key (PEM) instead of ${keys.SIGNING_KEY_ENV} or $PHASEGPT_HOME/audit-signing.key.",
     )(fn)
 
 
@@ -47,15 +64,15 @@ def _filter_options(fn: Callable) -> Callable:
     return fn
 
 
-def _open(db: Path | None) -> AuditLog:
-    """Open an existing log for reading; never creates one."""
+def _open(db: Path | None, key_path: Path | None = None) -> AuditLog:
+    """Open an existing log read-only; never creates or changes one."""
     path = db if db is not None else default_path()
     if not path.exists():
         raise click.ClickException(
             f"no audit log at {path}; it is created by the first logged verdict, or pass --db PATH"
         )
     try:
-        return AuditLog(path)
+        return AuditLog(path, key_path=key_path, read_only=True)
     except (AuditError, ValueError) as e:
         raise click.ClickException(str(e)) from e
 
@@ -79,7 +96,7 @@ def audit() -> None:
 
 @audit.command()
 @_db_option
-def path(db: Path | None) -> None:
+def path(db: Path | None, key_path: Path | None) -> None:
     """Print the path of the audit database."""
     click.echo(str(db if db is not None else default_path()))
 
@@ -87,8 +104,8 @@ def path(db: Path | None) -> None:
 @audit.command()
 @_db_option
 @_json_option
-def status(db: Path | None, as_json: bool) -> None:
-    """Show where the log is, how big, its schema and its chain head."""
+def status(db: Path | None, key_path: Path | None, as_json: bool) -> None:
+    """Show where the log and its key are, how big, its schema and its chain head."""
     target = db if db is not None else default_path()
     if not target.exists():
         if as_json:
@@ -96,7 +113,7 @@ def status(db: Path | None, as_json: bool) -> None:
         else:
             click.echo(f"No audit log at {target} yet.")
         return
-    with _open(db) as log:
+    with _open(db, key_path) as log:
         try:
             info = {"exists": True, **log.status()}
         except AuditError as e:
@@ -105,8 +122,10 @@ def status(db: Path | None, as_json: bool) -> None:
         _dump(info)
         return
     click.echo(f"Audit log:  {info['path']}")
-    click.echo(f"Key file:   {info['key_path']}")
-    click.echo(f"Records:    {info['records']}")
+    click.echo(f"Key file:   {info['key_path']} (key id {info['key_id'] or 'none yet'})")
+    click.echo(f"Log id:     {info['log_id'] or '- (not upgraded yet: the next write upgrades it)'}")
+    click.echo(f"Records:    {info['records']}" + (f" ({info['unkeyed_records']} from before the keyed chain)"
+                                                   if info["unkeyed_records"] else ""))
     click.echo(f"Size:       {_size(info['size_bytes'])}")
     click.echo(f"Migrations: {', '.join(info['migrations'])}")
     click.echo(f"Chain head: {info['head_count']} records, last {info['head_id'] or '-'}")
@@ -119,10 +138,10 @@ def status(db: Path | None, as_json: bool) -> None:
 @click.option("-n", "--count", "limit", type=click.IntRange(min=0), default=20, show_default=True,
               help="Newest records to show; 0 for all.")  # fmt: skip
 @_json_option
-def list_(db: Path | None, label: str | None, since: str | None, until: str | None, model: str | None,
-          limit: int, as_json: bool) -> None:  # fmt: skip
-    """List records, newest first."""
-    with _open(db) as log:
+def list_(db: Path | None, key_path: Path | None, label: str | None, since: str | None, until: str | None,
+          model: str | None, limit: int, as_json: bool) -> None:  # fmt: skip
+    """List records, newest first (a stream's completion record is marked "completes")."""
+    with _open(db, key_path) as log:
         found = list(_records(log, label, since, until, model, limit or None, newest_first=True))
     if as_json:
         _dump([r.to_dict() for r in found])
@@ -132,7 +151,8 @@ def list_(db: Path | None, label: str | None, since: str | None, until: str | No
         return
     click.echo(f"{'id':26}  {'time (UTC)':19}  {'label':15}  {'conf':>5}  {'model':20}  tag")
     for r in found:
-        tag = r.tag["text"] if r.tag else ""
+        tag = " ".join(filter(None, [r.tag["text"] if r.tag else "",
+                                     f"(completes {r.parent_id})" if r.kind == "completion" else ""]))
         click.echo(f"{r.id:26}  {r.created_at[:19]:19}  {r.label:15}  {r.confidence:5.2f}  {r.model[:20]:20}  {tag}")
 
 
@@ -140,9 +160,9 @@ def list_(db: Path | None, label: str | None, since: str | None, until: str | No
 @click.argument("record_id")
 @_db_option
 @_json_option
-def show(record_id: str, db: Path | None, as_json: bool) -> None:
+def show(record_id: str, db: Path | None, key_path: Path | None, as_json: bool) -> None:
     """Show every field of one record."""
-    with _open(db) as log:
+    with _open(db, key_path) as log:
         try:
             record = log.get(record_id)
         except AuditError as e:
@@ -162,10 +182,10 @@ def show(record_id: str, db: Path | None, as_json: bool) -> None:
 @_db_option
 @_filter_options
 @_json_option
-def stats(db: Path | None, label: str | None, since: str | None, until: str | None, model: str | None,
-          as_json: bool) -> None:  # fmt: skip
-    """Count records by label, model and source."""
-    with _open(db) as log:
+def stats(db: Path | None, key_path: Path | None, label: str | None, since: str | None, until: str | None,
+          model: str | None, as_json: bool) -> None:  # fmt: skip
+    """Count verdicts by label, model and source."""
+    with _open(db, key_path) as log:
         try:
             info = log.stats(label, since, until, model)
         except (AuditError, ValueError) as e:
@@ -173,7 +193,8 @@ def stats(db: Path | None, label: str | None, since: str | None, until: str | No
     if as_json:
         _dump(info)
         return
-    click.echo(f"Records:  {info['count']} ({info['refusals']} refusals)")
+    click.echo(f"Records:  {info['count']} ({info['refusals']} refusals)"
+               + (f"; {info['completions']} stream completions" if info["completions"] else ""))
     if info["count"]:
         click.echo(f"From:     {info['first']}")
         click.echo(f"To:       {info['last']}")
@@ -190,10 +211,10 @@ def stats(db: Path | None, label: str | None, since: str | None, until: str | No
 @click.option("--jsonl", "fmt", flag_value="jsonl", default=True, help="One JSON object per line (default).")
 @click.option("--json", "fmt", flag_value="json", help="One JSON array.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write here, not stdout.")
-def export(db: Path | None, label: str | None, since: str | None, until: str | None, model: str | None,
-           fmt: str, output: Path | None) -> None:  # fmt: skip
+def export(db: Path | None, key_path: Path | None, label: str | None, since: str | None, until: str | None,
+           model: str | None, fmt: str, output: Path | None) -> None:  # fmt: skip
     """Export records (every field, hashes included) oldest first."""
-    with _open(db) as log:
+    with _open(db, key_path) as log:
         records = _records(log, label, since, until, model)
         try:
             out = open(output, "w", encoding="utf-8") if output else sys.stdout  # noqa: SIM115
@@ -218,17 +239,29 @@ def export(db: Path | None, label: str | None, since: str | None, until: str | N
 
 @audit.command()
 @_db_option
+@click.option("--checkpoint", "checkpoints", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A checkpoint file kept elsewhere (one JSON object, or one per line); repeat for several.")
+@click.option("--public-key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="PEM public key every checkpoint must be signed by (from `phasegpt audit public-key`).")
 @_json_option
-def verify(db: Path | None, as_json: bool) -> None:
-    """Check every record and the chain; exit 1 naming the first bad record.
+def verify(db: Path | None, key_path: Path | None, checkpoints: tuple[Path, ...], public_key: Path | None,
+           as_json: bool) -> None:  # fmt: skip
+    """Check the file, every record, the chain and its head; exit 1 naming the first problem.
 
-    Detects records edited, deleted, inserted or reordered since they were written,
-    and records cut off the end of the log.
+    Detects records edited, deleted, inserted or reordered since they were written, and
+    records cut off the end, by anyone without the log's key. With --checkpoint, also
+    proves the records each checkpoint covers unchanged, even against someone who rewrote
+    the database and its key. Opens the log read-only (works on read-only storage).
+
+    \b
+    Example:
+      phasegpt audit verify --checkpoint ~/checkpoints.jsonl --public-key signer.pem
     """
-    with _open(db) as log:
+    with _open(db, key_path) as log:
         try:
-            result = log.verify()
-        except AuditError as e:
+            found = [c for path in checkpoints for c in load_checkpoints(path)]
+            result = log.verify(found, public_key=public_key)
+        except (AuditError, ValueError) as e:
             raise click.ClickException(str(e)) from e
     if as_json:
         _dump(result.to_dict())
@@ -236,10 +269,70 @@ def verify(db: Path | None, as_json: bool) -> None:
             click.get_current_context().exit(1)
         return
     if not result.ok:
-        raise click.ClickException(
-            f"audit log FAILED verification: {result.problem} {result.record_id}: {result.detail}"
-        )
-    click.echo(f"OK: {result.checked} records, chain intact. Head hash {result.head_hash}")
+        where = f" {result.record_id}" if result.record_id else ""
+        raise click.ClickException(f"audit log FAILED verification: {result.problem}{where}: {result.detail}")
+    click.echo(_verified(result, found))
+
+
+def _verified(result: VerifyResult, found: list) -> str:
+    line = f"OK: {result.checked} records, chain intact"
+    if not result.keyed and result.checked:
+        line += (" (an old log, not keyed yet: anyone could re-hash its plain SHA-256 chain; the next write "
+                 "with this phasegpt keys it)")
+    elif result.unkeyed:
+        line += f" ({result.unkeyed} written before the chain was keyed, covered by the keyed head after them)"
+    if result.checkpointed is not None:
+        signers = sorted({keys.public_key_id(c.signer()) for c in found})
+        line += f"; the first {result.checkpointed} match the checkpoints (signed by {', '.join(signers)})"
+    return line + f". Head hash {result.head_hash}"
+
+
+@audit.command()
+@_db_option
+@_signing_key_option
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also append the checkpoint to this file (one JSON object per line).")
+def checkpoint(db: Path | None, key_path: Path | None, signing_key: Path | None, output: Path | None) -> None:
+    """Print a signed statement of the log's length and head hash, to keep elsewhere.
+
+    Verifies the log first (nothing broken is signed). Keep what it prints where whoever
+    could tamper with the log cannot write: a ticket, another machine, a log pipeline;
+    `phasegpt audit verify --checkpoint FILE` then proves the records it covers unchanged.
+    The signing key is made on first use (see --signing-key).
+
+    \b
+    Example:
+      phasegpt audit checkpoint | ssh archive 'cat >> checkpoints.jsonl'
+    """
+    with _open(db, key_path) as log:
+        try:
+            made = log.checkpoint(signing_key)
+        except (AuditError, ValueError) as e:
+            raise click.ClickException(str(e)) from e
+    line = made.to_json()
+    if output is not None:
+        try:
+            with open(output, "a", encoding="utf-8") as f:
+                f.write(line + "\n")
+        except OSError as e:
+            raise click.ClickException(f"cannot write {output}: {e}") from e
+    click.echo(line)
+
+
+@audit.command(name="public-key")
+@_signing_key_option
+def public_key(signing_key: Path | None) -> None:
+    """Print the checkpoint signing key's public half (PEM), for verifiers to pin.
+
+    \b
+    Example:
+      phasegpt audit public-key > signer.pem
+    """
+    try:
+        key = keys.signing_key(signing_key)
+    except AuditError as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(keys.public_key_pem(key.public_key()), nl=False)
 
 
 def _records(log: AuditLog, *args: Any, **kwargs: Any) -> Iterator[AuditRecord]:

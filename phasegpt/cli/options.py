@@ -15,8 +15,18 @@ def command_line() -> str:
     return "phasegpt " + " ".join(shlex.quote(str(a)) for a in ARGV)
 
 
+_ALLOW_BASE_MISMATCH = "phasegpt.allow_base_mismatch"
+
+
+def _remember(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+    ctx.meta[_ALLOW_BASE_MISMATCH] = value  # read by load_model, so no command's signature changes
+    return value
+
+
 def model_options(f):
-    """--model/--adapter/--head/--dtype, shared by every command that loads a model."""
+    """--model/--adapter/--head/--dtype/--allow-base-mismatch, shared by every command that loads a model."""
+    f = click.option("--allow-base-mismatch", is_flag=True, expose_value=False, callback=_remember,
+                     help="Load an --adapter that phasegpt train-adapter trained on another base model.")(f)
     f = click.option("--dtype", default="auto", show_default=True,
                      type=click.Choice(["auto", "float32", "float16", "bfloat16", "native"]),
                      help="Weight dtype (auto: float32 on CPU, as stored on GPU).")(f)
@@ -30,6 +40,8 @@ def model_options(f):
 def load_model(model_, adapter, head, dtype, audit=None):
     import phasegpt
 
-    model = phasegpt.load(model_, adapter=adapter, head=head, dtype=dtype, audit=audit)
+    ctx = click.get_current_context(silent=True)
+    allow = bool(ctx and ctx.meta.get(_ALLOW_BASE_MISMATCH))
+    model = phasegpt.load(model_, adapter=adapter, head=head, dtype=dtype, audit=audit, allow_base_mismatch=allow)
     model.source = "cli"
     return model

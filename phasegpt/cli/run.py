@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from phasegpt.cli.options import load_model, model_options
+from phasegpt.prompting import check_request, check_text
 
 
 def _audit(enabled: bool | None):
@@ -24,7 +25,8 @@ def _audit(enabled: bool | None):
 
 
 def verdict_line(v) -> str:
-    """``REFUSAL  safety  0.97  evidence: hack, password, wifi`` or ``ANSWER  0.93``."""
+    """``REFUSAL  safety  0.97  evidence: hack, password, wifi`` or ``ANSWER  0.93``, plus
+    ``unfamiliar input (ood 2.31)`` when the request lies outside what the head was trained on."""
     if v is None:
         return "NO VERDICT  (no head loaded: pass --head, or train one with `phasegpt train-head`)"
     if v.refusal:
@@ -35,15 +37,30 @@ def verdict_line(v) -> str:
         line = f"ANSWER  {v.confidence:.2f}"
     if v.tag is not None:
         line += f"  tag: {v.tag.text}" + (f" ({v.tag.label})" if v.tag.label else "")
+    if v.ood is not None and v.ood > 1:  # the head never saw anything like it: the verdict is a guess
+        line += f"  unfamiliar input (ood {v.ood:.2f})"
     return line
 
 
 def _read_prompt(prompt: str | None) -> str:
-    if prompt in (None, "-"):
-        if sys.stdin is None or sys.stdin.isatty():
-            raise click.UsageError("give a PROMPT argument or pipe one on stdin")
-        prompt = sys.stdin.read()
-    return prompt
+    """The PROMPT argument, or stdin read as bytes and decoded strictly as UTF-8 (one clear error
+    naming the first bad byte, not a traceback from the tokenizer)."""
+    if prompt not in (None, "-"):
+        try:
+            check_text(prompt, "the PROMPT argument")
+        except ValueError as e:
+            raise click.ClickException(str(e)) from None
+        return prompt
+    if sys.stdin is None or sys.stdin.isatty():
+        raise click.UsageError("give a PROMPT argument or pipe one on stdin")
+    raw = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode("utf-8", "surrogateescape")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise click.ClickException(
+            f"stdin is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); "
+            "convert it first, e.g. `iconv -f latin1 -t utf-8`"
+        ) from None
 
 
 def _read_contexts(files: tuple[Path, ...]) -> list[dict] | None:
@@ -61,10 +78,12 @@ def _read_contexts(files: tuple[Path, ...]) -> list[dict] | None:
 @model_options
 @click.option("--context", "-c", "contexts", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A retrieved document (text file); repeat for several.")
-@click.option("--max-tokens", default=256, show_default=True, help="Most tokens to generate.")
-@click.option("--temp", default=0.0, show_default=True, help="Sampling temperature (0 = greedy).")
-@click.option("--top-p", default=1.0, show_default=True, help="Nucleus sampling threshold.")
-@click.option("--seed", type=int, help="Random seed for sampling.")
+@click.option("--max-tokens", default=256, show_default=True, type=click.IntRange(min=1), help="Most tokens to generate.")
+@click.option("--temp", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              help="Sampling temperature (0 = greedy).")
+@click.option("--top-p", default=1.0, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+              help="Nucleus sampling threshold.")
+@click.option("--seed", type=click.IntRange(min=0), help="Random seed for sampling.")
 @click.option("--stream/--no-stream", default=False, help="Print text as it is generated.")
 @click.option("--stop-on-refusal", is_flag=True, help="Print only the verdict when it is a refusal.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: text, verdict, timings.")
@@ -80,9 +99,10 @@ def run(prompt, model_, adapter, head, dtype, contexts, max_tokens, temp, top_p,
       phasegpt run -c handbook.txt "How many vacation days do I get?"
       echo "Will it rain in Oslo next year on May 3rd?" | phasegpt run --stream
     """
-    prompt = _read_prompt(prompt)
+    prompt, docs = _read_prompt(prompt), _read_contexts(contexts)
+    check_request(prompt, docs)  # before the model loads: bad input costs no seconds
     model = load_model(model_, adapter, head, dtype, _audit(audit))
-    opts = dict(context=_read_contexts(contexts), max_tokens=max_tokens, temp=temp, top_p=top_p, seed=seed,
+    opts = dict(context=docs, max_tokens=max_tokens, temp=temp, top_p=top_p, seed=seed,
                 stop_on_refusal=stop_on_refusal)
     if as_json:
         click.echo(json.dumps(model.generate(prompt, **opts).to_dict(), ensure_ascii=False))

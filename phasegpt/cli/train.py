@@ -30,16 +30,25 @@ def _examples(paths: tuple[Path, ...]):
 @click.option("--layers", help="Comma-separated layers to use (default: sweep candidates on dev).")
 @click.option("--candidates", help="Comma-separated candidate layers for the sweep.")
 @click.option("--pooling", type=click.Choice(["last", "mean", "last+mean"]), help="Fixed pooling (default: swept).")
-@click.option("--kind", default="linear", show_default=True, type=click.Choice(["linear", "mlp"]),
-              help="linear: softmax regression solved with L-BFGS; mlp: one hidden layer of 256 (the shipped head).")
+@click.option("--kind", default="linear", show_default=True, type=click.Choice(["linear", "mlp", "tower"]),
+              help="linear: softmax regression solved with L-BFGS; mlp: one hidden layer of 256; tower: the next "
+                   "--depth blocks after --tap run again with LoRA, trained jointly with an MLP.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--batch-size", default=16, show_default=True,
               help="Prompts per forward step of feature extraction (on the CPU split over the cores).")
 @click.option("--cap", type=int, help="At most N training/dev rows per (source, category, label, split), chosen by hash.")
 @click.option("--max-tokens", type=int, help="Skip training/dev prompts longer than this many tokens.")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the feature cache.")
+@click.option("--tap", type=int, help="tower: the tapped block K (default 13, or the sweep's choice).")
+@click.option("--depth", type=int, help="tower: blocks re-run after the tap, M (default 4).")
+@click.option("--rank", type=int, help="tower: LoRA rank (default 8).")
+@click.option("--epochs", type=float, help="tower: passes over the training rows (default 3; early stopping on dev).")
+@click.option("--sweep", "sweep_spec", help="tower: trials to sweep first, ';'-separated 'key=value,...' "
+              "(e.g. 'tap=9;tap=13;tap=13,depth=2'), each trained for one epoch on 3,000 rows; the best is trained.")
+@click.option("--states", default="auto", show_default=True, type=click.Choice(["auto", "cache", "live"]),
+              help="tower: cache the tapped states on disk (float16) or compute them live every batch.")
 def train_head(model_, adapter, head, dtype, data, out, layers, candidates, pooling, kind, seed, batch_size, cap,
-               max_tokens, no_cache):
+               max_tokens, no_cache, tap, depth, rank, epochs, sweep_spec, states):
     """Train a refusal-reason head for a base model (and adapter) on labelled prompts.
 
     Rows with "split": "dev" tune layers, temperature and thresholds (a stable 20% of
@@ -58,13 +67,44 @@ def train_head(model_, adapter, head, dtype, data, out, layers, candidates, pool
     if cap:
         examples = cap_rows(examples, cap, seed=seed)
     model = load_model(model_, adapter, None, dtype)
+    record = {"data": [str(p) for p in data], "command": command_line()}
+    if kind == "tower":
+        from phasegpt.train.tower import TowerFit
+        from phasegpt.train.train_head import train_tower_head
+
+        given = {k: v for k, v in (("tap", tap), ("depth", depth), ("rank", rank), ("epochs", epochs)) if v is not None}
+        h = train_tower_head(model, examples, out, fit=TowerFit(**given, seed=seed), sweep=_trials(sweep_spec),
+                             states=states, batch_size=batch_size, training=record, max_tokens=max_tokens)
+        m = h.config.metrics
+        click.echo(f"wrote {out}: tower from block {h.config.tower['tap']} over {h.config.tower['depth']} blocks, "
+                   f"rank {h.config.tower['rank']}, dev macro-F1 {m['dev_macro_f1']:.3f}, accuracy {m['dev_accuracy']:.3f}")
+        return
     fit = FitConfig(layers=_ints(layers), pooling=pooling, kind=kind, seed=seed)
     h = run(model, examples, out, candidates=_ints(candidates), fit=fit, batch_size=batch_size,
-            use_cache=not no_cache, training={"data": [str(p) for p in data], "command": command_line()},
-            max_tokens=max_tokens)
+            use_cache=not no_cache, training=record, max_tokens=max_tokens)
     m = h.config.metrics
     click.echo(f"wrote {out}: layers {list(h.config.layers)}, {h.config.pooling}, "
                f"dev macro-F1 {m['dev_macro_f1']:.3f}, accuracy {m['dev_accuracy']:.3f}")
+
+
+TRIAL_KEYS = {"tap": int, "depth": int, "rank": int, "scale": float, "keys": lambda v: tuple(v.split("+"))}
+
+
+def _trials(spec: str | None) -> list[dict]:
+    """``'tap=9;tap=13,depth=2'`` -> ``[{"tap": 9}, {"tap": 13, "depth": 2}]`` (keys joined with '+')."""
+    trials = []
+    for part in filter(None, (p.strip() for p in (spec or "").split(";"))):
+        trial = {}
+        for item in part.split(","):
+            key, _, value = item.partition("=")
+            if key.strip() not in TRIAL_KEYS or not value.strip():
+                raise click.BadParameter(f"{item!r} in --sweep: write key=value with key one of {', '.join(TRIAL_KEYS)}")
+            try:
+                trial[key.strip()] = TRIAL_KEYS[key.strip()](value.strip())
+            except ValueError:
+                raise click.BadParameter(f"{item!r} in --sweep: {value!r} is not a valid {key.strip()}") from None
+        trials.append(trial)
+    return trials
 
 
 def _ints(text: str | None) -> tuple[int, ...] | None:
@@ -122,7 +162,7 @@ def train_adapter(model_, adapter, head, dtype, data, out, style, iters, rank, n
                         learning_rate=learning_rate, seed=seed)
     path = run(net, tok, make_chat_examples(records(train), tok, style=style, model=net, progress=True),
                make_chat_examples(records(dev), tok, style=style, model=net, progress=True), out, config=cfg,
-               base_model=model.name)
+               base_model=model.name, base_fingerprint=model.loaded.fingerprint)
     click.echo(f"wrote {path}")
 
 
@@ -164,10 +204,10 @@ def eval_(model_, adapter, head, dtype, data, split_, out, batch_size, title, no
                    + ", ".join(str(e.extra.get("id", e.prompt[:30])) for e in too_long), err=True)
     if model.head is None:
         raise click.ClickException("eval needs a head: pass --head (or an --adapter folder holding head.json)")
-    probs, predictions = predict(model, rows, batch_size=batch_size, use_cache=not no_cache)
+    probs, predictions, ood = predict(model, rows, batch_size=batch_size, use_cache=not no_cache)
     result = evaluate([e.label for e in rows], probs, predictions=predictions,
                       sources=[e.source or "unknown" for e in rows],
-                      source_labels=[e.extra.get("source_label", e.label) for e in rows])
+                      source_labels=[e.extra.get("source_label", e.label) for e in rows], ood=ood)
     result["n_too_long"] = len(too_long)
     result["too_long_ids"] = [str(e.extra.get("id", "")) for e in too_long]
     click.echo(format_summary(result))

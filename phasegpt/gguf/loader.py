@@ -25,7 +25,7 @@ from phasegpt.gguf import quants
 from phasegpt.gguf.architectures import TOP, Architecture, Metadata, architecture
 from phasegpt.gguf.reader import REINSTALL, GGUFFile, Tensor, open_gguf
 from phasegpt.gguf.tokenizer import tokenizer_from_metadata
-from phasegpt.loading import fingerprint, weight_record
+from phasegpt.loading import fingerprint_records, weight_record
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class GGUFModel:
         tokenizer: mlx-lm's ``TokenizerWrapper`` (chat template included).
         config: the mlx-lm ``config.json``-style dict the model was built from (with a
             ``quantization`` entry when modules are quantized).
-        fingerprint: ``phasegpt.loading.fingerprint`` of the weights as the file holds them, the
+        fingerprint: ``phasegpt.loading.fingerprint_records`` of the weights as the file holds them, the
             same whatever ``dtype`` they were loaded in.
         dtype: ``float32``/``float16``/``bfloat16``, or ``quantized`` when any module is.
     """
@@ -109,7 +109,7 @@ def load_gguf(path: str | Path | GGUFFile, *, dtype: str = "native") -> GGUFMode
     mx.eval(model.parameters())
     model.eval()
     tokenizer = tokenizer_from_metadata(file.metadata, file.path, arch.model_type)
-    return GGUFModel(model, tokenizer, config, fingerprint(config, records), "quantized" if quantized else dtype)
+    return GGUFModel(model, tokenizer, config, fingerprint_records(config, records), "quantized" if quantized else dtype)
 
 
 def prepare(file: GGUFFile, dtype: str) -> tuple[Architecture, dict[str, Any], nn.Module, list[_Entry]]:

@@ -40,19 +40,13 @@ from mlx_lm.tuner.trainer import TrainingArgs, train
 from mlx_lm.tuner.utils import linear_to_lora_layers
 from mlx_lm.utils import save_config
 
+from phasegpt.tower import ATTENTION_KEYS, MLP_KEYS, projection_shapes
 from phasegpt.train.examples import REFUSAL_TAGS, REFUSAL_TEXTS, STYLES, make_chat_examples, tokenized_dataset
 
 # Re-exported so `from phasegpt.train.adapter import make_chat_examples` (cli_train) keeps working.
 __all__ = ["ATTENTION_KEYS", "MLP_KEYS", "REFUSAL_TAGS", "REFUSAL_TEXTS", "STYLES", "AdapterConfig",
            "adapter_size_bytes", "make_chat_examples", "response_loss", "train_adapter"]
 
-ATTENTION_KEYS: tuple[str, ...] = (
-    "self_attn.q_proj",
-    "self_attn.k_proj",
-    "self_attn.v_proj",
-    "self_attn.o_proj",
-)
-MLP_KEYS: tuple[str, ...] = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 
 
 @dataclass(frozen=True)
@@ -130,30 +124,6 @@ class AdapterConfig:
         return params
 
 
-def _linear_shapes(model_config: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
-    """(in, out) features of each linear layer of a llama/mistral-style block."""
-    try:
-        hidden = int(model_config["hidden_size"])
-        heads = int(model_config["num_attention_heads"])
-        inter = int(model_config["intermediate_size"])
-    except KeyError as e:
-        raise ValueError(
-            f"model config has no {e.args[0]!r}: pass the model's config.json "
-            "(a llama/mistral-style dense model)"
-        ) from None
-    kv_heads = int(model_config.get("num_key_value_heads") or heads)
-    head_dim = int(model_config.get("head_dim") or hidden // heads)
-    return {
-        "self_attn.q_proj": (hidden, heads * head_dim),
-        "self_attn.k_proj": (hidden, kv_heads * head_dim),
-        "self_attn.v_proj": (hidden, kv_heads * head_dim),
-        "self_attn.o_proj": (heads * head_dim, hidden),
-        "mlp.gate_proj": (hidden, inter),
-        "mlp.up_proj": (hidden, inter),
-        "mlp.down_proj": (inter, hidden),
-    }
-
-
 def adapter_size_bytes(
     model_config: Mapping[str, Any], cfg: AdapterConfig, *, dtype_bytes: int = 4
 ) -> int:
@@ -174,7 +144,7 @@ def adapter_size_bytes(
         ValueError: the config lacks a size, a key is not a known projection, or
             ``num_layers`` exceeds the model's layers.
     """
-    shapes = _linear_shapes(model_config)
+    shapes = projection_shapes(model_config)
     keys = shapes.keys() if cfg.keys is None else cfg.keys
     unknown = sorted(set(keys) - set(shapes))
     if unknown:
@@ -250,11 +220,12 @@ def _check_model(model: nn.Module, cfg: AdapterConfig) -> None:
             raise ValueError(f"projection keys {missing} are not in the model's blocks")
 
 
-def _model_identity(model: nn.Module, base_model: str) -> dict[str, Any]:
+def _model_identity(model: nn.Module, base_model: str, fingerprint: str) -> dict[str, Any]:
     args = getattr(model, "args", None)
     keys = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")
     shape = {k: getattr(args, k) for k in keys if hasattr(args, k)}
-    return {"name": base_model, **shape}
+    # `phasegpt.load` refuses the adapter on any base whose fingerprint differs from this one
+    return {"name": base_model, **({"fingerprint": fingerprint} if fingerprint else {}), **shape}
 
 
 def train_adapter(
@@ -267,6 +238,7 @@ def train_adapter(
     config: AdapterConfig,
     progress: bool = True,
     base_model: str = "",
+    base_fingerprint: str = "",
     overwrite: bool = False,
     callback: TrainingCallback | None = None,
 ) -> Path:
@@ -287,6 +259,9 @@ def train_adapter(
         progress: print loss reports to stderr (mlx-lm's own terminal UI is silenced
             so stdout stays clean for ``--json`` output).
         base_model: name or path of the base model, recorded in the config as ``model``.
+        base_fingerprint: the base model's fingerprint (``LoadedModel.fingerprint``), recorded
+            so that ``phasegpt.load`` refuses the adapter on another base; without it the
+            adapter loads anywhere its shapes fit, with a warning.
         overwrite: replace an existing ``out_dir`` (only once training succeeded).
         callback: an extra mlx-lm ``TrainingCallback`` (e.g. for experiment tracking).
 
@@ -339,7 +314,8 @@ def train_adapter(
             train(model, optimizer, train_set, valid_set, args=args, loss=response_loss, training_callback=report)
         model.eval()  # mlx-lm's trainer leaves dropout on
         n_params = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
-        save_config(_adapter_config(config, model, base_model, report, n_params), tmp / "adapter_config.json")
+        save_config(_adapter_config(config, model, base_model, base_fingerprint, report, n_params),
+                    tmp / "adapter_config.json")
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -348,7 +324,7 @@ def train_adapter(
 
 
 def _adapter_config(
-    cfg: AdapterConfig, model: nn.Module, base_model: str, report: _Progress, n_params: int
+    cfg: AdapterConfig, model: nn.Module, base_model: str, fingerprint: str, report: _Progress, n_params: int
 ) -> dict[str, Any]:
     """mlx_lm.lora's adapter_config.json fields, plus phasegpt's record of the run."""
     return {
@@ -369,7 +345,7 @@ def _adapter_config(
         "grad_checkpoint": cfg.grad_checkpoint,
         "phasegpt": {
             "adapter_config": {**asdict(cfg), "keys": None if cfg.keys is None else list(cfg.keys)},
-            "base_model": _model_identity(model, base_model),
+            "base_model": _model_identity(model, base_model, fingerprint),
             "trainable_parameters": n_params,
             "refusal_tags": dict(REFUSAL_TAGS),
             "train_losses": report.train_losses,

@@ -24,6 +24,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
+from phasegpt.api import spans_of
 from phasegpt.head import pool
 from phasegpt.paths import user_dir
 from phasegpt.train.data import Example
@@ -63,7 +64,7 @@ def extract(model, examples: Sequence[Example], layers: Sequence[int], *, batch_
             cached = {}  # a damaged cache is only a cache: recompute
     todo = list({k: e for k, e in zip(keys, examples) if k not in cached}.items())  # model.rounds() orders by length
     if todo:
-        encoded = [(k, model.encode(e.prompt, e.context)) for k, e in todo]
+        encoded = [(k, model.prepare(e.request, e.context)) for k, e in todo]
         save = (lambda: _save(path, cached)) if use_cache else (lambda: None)
         _run(model, encoded, layers, batch_size, cached, progress, save)
         save()
@@ -76,10 +77,12 @@ def _run(model, encoded, layers, batch_size, out, progress, save) -> None:
     last_save = time.monotonic()
     bar = click.progressbar(length=len(encoded), label="extracting features", file=sys.stderr) if progress else None
     try:
-        for idx in model.rounds([len(ids) for _, ids in encoded], batch_size):
+        for idx in model.rounds([len(r.ids) for _, r in encoded], batch_size):
             chunk = [encoded[i] for i in idx]
-            feats = [pool(hidden, tuple(layers), "last+mean", lengths, model.span)  # (B, L*2*D) per part
-                     for _, hidden, lengths in model.prefill([ids for _, ids in chunk], layers)]
+            parts = model.prefill([r.ids for _, r in chunk], layers)
+            spans = spans_of([r for _, r in chunk], [len(part) for part, _, _ in parts])
+            feats = [pool(hidden, tuple(layers), "last+mean", lengths, span)  # (B, L*2*D) per part
+                     for (_, hidden, lengths), span in zip(parts, spans)]
             mx.eval(feats)
             arr = np.concatenate([np.array(f) for f in feats]).reshape(len(chunk), len(layers), 2, -1)
             for (k, _), row in zip(chunk, arr):
@@ -107,18 +110,45 @@ def _save(path: Path, cached: dict[str, np.ndarray]) -> None:
 
 
 def predict(model, examples: Sequence[Example], *, batch_size: int = 16, use_cache: bool = True,
-            progress: bool = True) -> tuple[np.ndarray, list[str]]:
-    """The head's probabilities (N, C) and labels for ``examples``, through the feature cache.
+            progress: bool = True) -> tuple[np.ndarray, list[str], np.ndarray | None]:
+    """The head's probabilities (N, C), labels and OOD scores (None without the statistic) for
+    ``examples``, as ``Model.classify`` gives them.
 
-    The same batched prefill and pooling as ``Model.classify`` (so the same numbers, to float
-    rounding), but reading the layers the head was swept over from the cache: re-scoring a
-    retrained head, or one trained in the same run as the evaluation features, costs nothing.
+    A linear or MLP head reads the layers it was swept over from the feature cache (the same
+    batched prefill and pooling as ``classify``, so the same numbers to float rounding):
+    re-scoring a retrained head costs nothing. A tower head goes through ``Model.classify``
+    itself (its tower must run on each prompt's states).
     """
     head = model.head
+    if head.config.kind == "tower":
+        return _classify_all(model, examples, batch_size, progress)
     layers = list(head.config.training.get("candidates") or head.config.layers)
     if not set(head.config.layers) <= set(layers):
         layers = list(head.config.layers)
     feats = extract(model, examples, layers, batch_size=batch_size, use_cache=use_cache, progress=progress)
-    x = select(feats, tuple(layers.index(i) for i in head.config.layers), head.config.pooling)
-    probs = head.probs(mx.array(x))
-    return np.array(probs), head.decide(probs)
+    x = mx.array(select(feats, tuple(layers.index(i) for i in head.config.layers), head.config.pooling))
+    ood = head.ood(x)
+    ood = None if ood is None else np.array(ood)
+    probs = head.adjust(np.array(head.probs(x)), ood)
+    return probs, head.decide(probs), ood
+
+
+def _classify_all(model, examples: Sequence[Example], batch_size: int,
+                  progress: bool) -> tuple[np.ndarray, list[str], np.ndarray | None]:
+    import click
+
+    out = []
+    step = 8 * batch_size  # classify sorts each call's prompts by length: give it several batches at once
+    bar = click.progressbar(length=len(examples), label="classifying", file=sys.stderr) if progress else None
+    try:
+        for start in range(0, len(examples), step):
+            chunk = examples[start:start + step]
+            out += model.classify([e.request for e in chunk], contexts=[e.context for e in chunk], batch_size=batch_size)
+            if bar is not None:
+                bar.update(len(chunk))
+    finally:
+        if bar is not None:
+            bar.render_finish()
+    labels = model.head.config.labels
+    ood = None if out[0].ood is None else np.array([v.ood for v in out])
+    return np.array([[v.probs[k] for k in labels] for v in out]), [v.label for v in out], ood

@@ -25,6 +25,9 @@ from phasegpt.verdict import LABELS
 
 _POOL_INDEX = {"last": [0], "mean": [1], "last+mean": [0, 1]}
 EVAL_EVERY = 25  # steps between dev checks when early stopping
+OOD_ROWS = 4000  # training rows the OOD statistic is estimated on
+OOD_SHRINK = 0.05  # covariance shrinkage towards its mean variance (stabilises the whitening)
+OOD_DIMS = 64  # principal components a linear head's OOD statistic measures
 CHUNK_ROWS = 512  # rows per chunk in _loss_grad (256-1024 measured; 512 was fastest on 1-3 layers)
 
 
@@ -291,6 +294,43 @@ def tune_thresholds(probs: np.ndarray, y: np.ndarray, rounds: int = 2) -> np.nda
     return t
 
 
+def ood_statistic(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and whitening matrix of rows ``u`` (N, k): ``(u - mean) @ whiten`` has identity covariance
+    (under a covariance shrunk a little towards its mean variance)."""
+    mean = u.mean(axis=0)
+    cov = np.cov(u - mean, rowvar=False)
+    cov = (1 - OOD_SHRINK) * cov + OOD_SHRINK * np.eye(len(cov)) * np.trace(cov) / len(cov)
+    chol = np.linalg.cholesky(cov)
+    return mean.astype(np.float32), np.linalg.inv(chol).T.astype(np.float32)
+
+
+def distances(u: np.ndarray, mean: np.ndarray, whiten: np.ndarray) -> np.ndarray:
+    """Mahalanobis distances of rows ``u`` (see ``ood_statistic``)."""
+    d = (u - mean) @ whiten
+    return np.sqrt((d * d).sum(axis=1))
+
+
+
+def head_ood(arrays: dict[str, np.ndarray], xtr: np.ndarray, xdv: np.ndarray, seed: int) -> tuple[dict[str, np.ndarray], float]:
+    """The OOD arrays of a linear or MLP head and its dev 99th percentile (see ``Head.ood``).
+
+    An MLP's statistic is on its hidden pre-activations; a linear head's on the top
+    ``OOD_DIMS`` principal components of its standardised training features.
+    """
+    rows = np.sort(np.random.default_rng(seed).choice(len(xtr), min(len(xtr), OOD_ROWS), replace=False))
+    ztr, zdv = (xtr[rows] - arrays["mean"]) / arrays["std"], (xdv - arrays["mean"]) / arrays["std"]
+    extra = {}
+    if "w1" in arrays:
+        utr, udv = ztr @ arrays["w1"] + arrays["b1"], zdv @ arrays["w1"] + arrays["b1"]
+    else:
+        _, _, vt = np.linalg.svd(ztr - ztr.mean(axis=0), full_matrices=False)
+        extra["ood_proj"] = vt[:OOD_DIMS].T.astype(np.float32)
+        utr, udv = ztr @ extra["ood_proj"], zdv @ extra["ood_proj"]
+    mean, whiten = ood_statistic(utr)
+    q99 = float(np.quantile(distances(udv, mean, whiten), 0.99))
+    return {**extra, "ood_mean": mean, "ood_whiten": whiten}, q99
+
+
 def fit_head(train: np.ndarray, ytr: np.ndarray, dev: np.ndarray, ydv: np.ndarray, *, layers: list[int],
              cfg: FitConfig = FitConfig(), identity: dict[str, Any], log=lambda s: None) -> Head:
     """Sweep, fit, calibrate and threshold a head on features from ``features.extract``.
@@ -322,6 +362,7 @@ def fit_head(train: np.ndarray, ytr: np.ndarray, dev: np.ndarray, ydv: np.ndarra
         arrays = {"mean": mean, "std": std, "w": w, "b": b}
     else:
         arrays = _fit_mlp(xtr, ytr, cfg, dev=(xdv, ydv))
+    ood_arrays, ood_q99 = head_ood(arrays, xtr, xdv, cfg.seed)
     dev_logits = _logits(arrays, xdv)
     temperature = calibrate(dev_logits, ydv)
     probs = _softmax(dev_logits, temperature)
@@ -332,5 +373,5 @@ def fit_head(train: np.ndarray, ytr: np.ndarray, dev: np.ndarray, ydv: np.ndarra
                "n_train": int(len(ytr)), "n_dev": int(len(ydv)), "l2": l2, "sweep": table}
     config = HeadConfig(layers=tuple(layers[i] for i in layer_idx), pooling=pooling, kind=cfg.kind,
                         temperature=temperature, thresholds=dict(zip(LABELS, map(float, offsets))),
-                        metrics=metrics, **identity)
-    return Head(config, {k: mx.array(v) for k, v in arrays.items()})
+                        metrics=metrics, ood_q99=ood_q99, **identity)
+    return Head(config, {k: mx.array(v) for k, v in {**arrays, **ood_arrays}.items()})

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from phasegpt.head import Head
+from phasegpt.paths import user_dir
 from phasegpt.tap import num_layers
 from phasegpt.train.data import Example, check_labels, split
 from phasegpt.train.features import extract
 from phasegpt.train.fit_head import FitConfig, fit_head
+from phasegpt.train.states import extract_states
+from phasegpt.train.tower import CachedStates, LiveStates, TowerFit, sweep_towers, train_tower
 from phasegpt.verdict import LABELS
 
 
@@ -23,12 +28,36 @@ def fitting(model: Any, examples: Sequence[Example], max_tokens: int | None = No
     keep, long = [], []
     for e in examples:
         try:
-            n = len(model.encode(e.prompt, e.context))  # raises beyond the model's context
+            n = len(model.encode(e.request, e.context))  # raises beyond the model's context
             fits = max_tokens is None or n <= max_tokens
         except ValueError:
             fits = False
         (keep if fits else long).append(e)
     return keep, long
+
+
+def base_identity(model: Any, training: dict[str, Any]) -> dict[str, Any]:
+    """The HeadConfig fields naming the base model (and adapter) a head is trained on, and the record."""
+    loaded = model.loaded
+    return {"base_model": loaded.name, "base_fingerprint": loaded.fingerprint,
+            "adapter_sha256": loaded.adapter_sha256, "hidden_size": int(loaded.config.get("hidden_size", 0)),
+            "training": training}
+
+
+def prepare_splits(model: Any, examples: Sequence[Example], dev: Sequence[Example] | None, seed: int,
+                   max_tokens: int | None, log) -> tuple[list[Example], list[Example], int]:
+    """Train and dev rows (``split`` fields, else a stable 20% dev) that fit; and how many were skipped."""
+    if dev is None:
+        train, dev = split(list(examples), seed=seed)
+    else:
+        train = [e for e in examples if e.split != "test"]
+    (train, long_train), (dev, long_dev) = fitting(model, train, max_tokens), fitting(model, dev, max_tokens)
+    if long_train or long_dev:
+        limit = f"{max_tokens} tokens" if max_tokens else "the model's context"
+        log(f"skipped {len(long_train) + len(long_dev)} examples longer than {limit}")
+    check_labels(train, "the training split")
+    check_labels(dev, "the dev split")
+    return train, list(dev), len(long_train) + len(long_dev)
 
 
 def default_candidates(n: int) -> list[int]:
@@ -70,17 +99,8 @@ def train_head(model: Any, examples: Sequence[Example], out: str | Path, *, dev:
     Raises:
         ValueError: fewer than two labels in the training or dev data.
     """
-    if dev is None:
-        train, dev = split(list(examples), seed=fit.seed)
-    else:
-        train = [e for e in examples if e.split != "test"]
     log = (lambda s: print(s, file=sys.stderr)) if progress else (lambda s: None)
-    (train, long_train), (dev, long_dev) = fitting(model, train, max_tokens), fitting(model, dev, max_tokens)
-    if long_train or long_dev:
-        limit = f"{max_tokens} tokens" if max_tokens else "the model's context"
-        log(f"skipped {len(long_train) + len(long_dev)} examples longer than {limit}")
-    check_labels(train, "the training split")
-    check_labels(dev, "the dev split")
+    train, dev, skipped = prepare_splits(model, examples, dev, fit.seed, max_tokens, log)
     n = num_layers(model.loaded.model)
     cands = list(candidates) if candidates is not None else default_candidates(n)
     if fit.layers is not None:  # fixed layers are model layer numbers; sweep them only
@@ -93,17 +113,87 @@ def train_head(model: Any, examples: Sequence[Example], out: str | Path, *, dev:
     log(f"features: {len(train)} train + {len(dev)} dev prompts, layers {cands}, {t1 - t0:.1f}s")
     ytr = np.array([LABELS.index(e.label) for e in train])
     ydv = np.array([LABELS.index(e.label) for e in dev])
-    loaded = model.loaded
-    identity = {
-        "base_model": loaded.name, "base_fingerprint": loaded.fingerprint,
-        "adapter_sha256": loaded.adapter_sha256, "hidden_size": int(loaded.config.get("hidden_size", 0)),
-        "training": {**(training or {}), "seed": fit.seed, "candidates": cands, "kind": fit.kind,
-                     "skipped_too_long": len(long_train) + len(long_dev),
-                     "feature_seconds": round(t1 - t0, 2)},
-    }
+    identity = base_identity(model, {**(training or {}), "seed": fit.seed, "candidates": cands, "kind": fit.kind,
+                                     "skipped_too_long": skipped,
+                                     "feature_seconds": round(t1 - t0, 2)})
     head = fit_head(xtr, ytr, xdv, ydv, layers=cands, cfg=fit, identity=identity, log=log)
     head.config.training["fit_seconds"] = round(time.perf_counter() - t1, 2)
     log(f"head: layers {list(head.config.layers)}, pooling {head.config.pooling}, "
         f"temperature {head.config.temperature:.2f}, dev macro-F1 {head.config.metrics['dev_macro_f1']:.3f}")
     head.save(out)
     return head
+
+
+STATES = ("auto", "cache", "live")
+
+
+def train_tower_head(model: Any, examples: Sequence[Example], out: str | Path, *, dev: Sequence[Example] | None = None,
+                     fit: TowerFit = TowerFit(), sweep: Sequence[dict[str, Any]] = (), states: str = "auto",
+                     batch_size: int = 16, progress: bool = True, training: dict[str, Any] | None = None,
+                     max_tokens: int | None = None) -> Head:
+    """Train a tower head (``phasegpt.tower``) for ``model`` and write it to ``out``.
+
+    Args:
+        model: a ``phasegpt.Model`` (the base the head is for, with its adapter if any).
+        examples: labelled examples, split as ``train_head`` splits them.
+        out: folder to write ``head.json`` + ``head.safetensors`` into (atomically).
+        dev: explicit validation examples.
+        fit: the tower's options (tap, depth, rank, keys, epochs, ...).
+        sweep: option overrides to try first, e.g. ``[{"tap": 9}, {"tap": 13, "depth": 2}]``; each
+            is trained briefly on a subset and the best by dev macro-F1 is then trained in full
+            (the table is kept in ``head.json``: ``metrics.sweep``).
+        states: ``cache`` the tapped states on disk in float16 (fast epochs), ``live`` compute them
+            from the base model every batch (no disk; for bases whose states would not fit), or
+            ``auto``: cache when they take less than half the free disk.
+        batch_size: prompts per forward step while caching states.
+        progress: progress bars and lines on stderr.
+        training: free-form record of how the head was made, kept in head.json.
+        max_tokens: skip training/dev prompts longer than this.
+
+    Returns:
+        The trained head (already saved).
+    """
+    if states not in STATES:
+        raise ValueError(f"states must be one of {', '.join(STATES)}, got {states!r}")
+    log = (lambda s: print(s, file=sys.stderr)) if progress else (lambda s: None)
+    train, dev, skipped = prepare_splits(model, examples, dev, fit.seed, max_tokens, log)
+    trials = [TowerFit(**{**asdict(fit), **trial}) for trial in sweep]
+    n = num_layers(model.loaded.model)
+    for candidate in trials or [fit]:
+        try:
+            candidate.tower_config().check(n)
+        except ValueError as e:
+            raise ValueError(f"{e}; choose --tap and --depth (or the sweep's) so that tap + depth <= {n - 1}") from None
+    taps = sorted({t.tap for t in trials}) if trials else [fit.tap]
+    t0 = time.perf_counter()
+    source_for = state_sources(model, train + dev, taps, states, batch_size, progress, log)
+    t1 = time.perf_counter()
+    table: list[dict[str, Any]] = []
+    if trials:
+        log(f"sweep: {len(trials)} trials, one epoch each on a subset of the training rows")
+        best, table = sweep_towers(model, train, dev, trials, source_for, log=log)
+        fit = TowerFit(**{**asdict(fit), **{k: getattr(best, k) for k in ("tap", "depth", "rank", "scale", "keys")}})
+    identity = base_identity(model, {**(training or {}), "seed": fit.seed, "kind": "tower", "states": states,
+                                     "skipped_too_long": skipped, "state_seconds": round(t1 - t0, 1)})
+    head = train_tower(model, train, dev, fit=fit, sources=(source_for(fit.tap, train), source_for(fit.tap, dev)),
+                       identity=identity, progress=progress, log=log)
+    head.config.metrics["sweep"] = table
+    head.config.training["sweep_seconds"] = round(sum(r["seconds"] for r in table), 1)
+    head.save(out)
+    return head
+
+
+def state_sources(model: Any, examples: Sequence[Example], taps: Sequence[int], states: str, batch_size: int,
+                  progress: bool, log):
+    """``source_for(tap, examples)``: cached states (extracted now, once, for every tap) or live ones."""
+    hidden = int(model.loaded.config.get("hidden_size", 0))
+    need = sum(len(model.encode(e.request, e.context)) for e in examples) * hidden * 2 * len(taps)
+    if states == "auto":
+        free = shutil.disk_usage(user_dir()).free
+        states = "cache" if need < free / 2 else "live"
+        log(f"tapped states: {need / 2**30:.1f} GiB for layers {list(taps)} "
+            f"({'cached on disk' if states == 'cache' else 'computed live: more than half the free disk'})")
+    if states == "live":
+        return lambda tap, rows: LiveStates(model, tap, rows)
+    cache = extract_states(model, examples, taps, batch_size=batch_size, progress=progress)
+    return lambda tap, rows: CachedStates(cache, tap, [e.key for e in rows])

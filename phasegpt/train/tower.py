@@ -1,0 +1,394 @@
+"""Train a tower head: LoRA on blocks K+1..K+M and an MLP head, jointly, on tapped states.
+
+1. states   the residual stream after block K for every training and dev prompt, from the
+            on-disk cache (``states.extract_states``), or computed batch by batch from the base
+            model when the cache would not fit (``LiveStates``; Mistral-7B on a laptop);
+2. fit      class-weighted cross-entropy through the tower (mlx-lm's LoRA layers), the final
+            norm, last+mean pooling and a one-hidden-layer MLP; Adam for the LoRA arrays and
+            for the head (its own learning rate), warm-up then cosine decay; dev macro-F1 every
+            ``eval_every`` steps, the best weights kept, early stopping on ``patience``;
+3. calibrate a temperature on dev, per-class thresholds on dev (as ``fit_head`` does), and the
+            OOD statistic: the MLP's pre-activations on training rows (mean, whitening) and
+            the 99th percentile of their distance on dev.
+
+Deterministic for a seed (batch order from numpy's generator, LoRA initialised from MLX's
+seeded generator). Resumable: every ``CHECKPOINT_EVERY`` seconds the trainable arrays, the
+best ones so far, the optimiser state and the position in the schedule are written, as one
+file replaced atomically, to a run folder keyed by the data and the options; a rerun of the
+same command continues from there and ends where an uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+from mlx.utils import tree_flatten, tree_unflatten
+
+from phasegpt.head import TOWER_PREFIX, Head, HeadConfig, pool
+from phasegpt.paths import user_dir
+from phasegpt.tower import ALL_KEYS, Tower, TowerConfig
+from phasegpt.train.fit_head import (
+    OOD_ROWS,
+    _balance,
+    _softmax,
+    calibrate,
+    distances,
+    macro_f1,
+    ood_statistic,
+    tune_thresholds,
+)
+from phasegpt.verdict import LABELS
+
+CHECKPOINT_EVERY = 300.0  # seconds between resumable checkpoints
+
+
+@dataclass(frozen=True)
+class TowerFit:
+    """Options of ``train_tower`` (``phasegpt train-head --kind tower``); every default is commented."""
+
+    tap: int = 13                       # K: the tapped block; the tower re-runs K+1..K+depth
+    depth: int = 4                      # M: blocks in the tower
+    rank: int = 8                       # LoRA rank
+    scale: float = 20.0                 # LoRA scale (mlx-lm's default)
+    keys: tuple[str, ...] = ALL_KEYS    # adapted projections (all seven: attention and MLP)
+    hidden: int = 256                   # MLP hidden width
+    epochs: float = 3.0                 # passes over the training rows (early stopping may end sooner)
+    lr: float = 2e-4                    # Adam learning rate of the LoRA arrays
+    head_lr: float = 1e-3               # Adam learning rate of the MLP
+    warmup: int = 100                   # steps of linear warm-up
+    batch_tokens: int = 4096            # padded positions per step
+    max_batch: int = 32                 # prompts per step at most
+    eval_every: int = 250               # steps between dev checks
+    patience: int = 5                   # dev checks without a better macro-F1 before stopping
+    seed: int = 0
+    tune_thresholds: bool = True        # per-class offsets on dev
+
+    def tower_config(self) -> TowerConfig:
+        return TowerConfig(tap=self.tap, depth=self.depth, rank=self.rank, scale=self.scale, keys=tuple(self.keys))
+
+
+# --- where the states come from ------------------------------------------------------------
+class CachedStates:
+    """Batches of states at one layer from a ``states.StateCache`` (float16 on disk -> float32)."""
+
+    def __init__(self, cache, layer: int, keys: Sequence[str]):
+        missing = [k for k in keys if k not in cache]
+        if missing:
+            raise ValueError(f"{len(missing)} examples have no cached states; run states.extract_states first")
+        self.view = cache.view(layer)
+        self.rows = [cache.rows[k] for k in keys]
+        self.lengths = np.array([n for _, n, _, _ in self.rows])
+
+    def batch(self, idx: Sequence[int]) -> tuple[mx.array, mx.array, mx.array]:
+        rows = [self.rows[i] for i in idx]
+        width = max(n for _, n, _, _ in rows)
+        x = np.zeros((len(rows), width, self.view.shape[1]), np.float16)
+        for b, (offset, n, _, _) in enumerate(rows):
+            x[b, :n] = self.view[offset:offset + n]
+        return (mx.array(x).astype(mx.float32), mx.array([n for _, n, _, _ in rows]),
+                mx.array([[pre, post] for _, _, pre, post in rows]))
+
+
+class LiveStates:
+    """The same batches computed from the base model's first K blocks (when a cache would not fit)."""
+
+    def __init__(self, model, layer: int, examples: Sequence):
+        self.model, self.layer = model, layer
+        self.requests = [model.prepare(e.request, e.context) for e in examples]
+        self.lengths = np.array([len(r.ids) for r in self.requests])
+
+    def batch(self, idx: Sequence[int]) -> tuple[mx.array, mx.array, mx.array]:
+        reqs = [self.requests[i] for i in idx]
+        hidden, lengths = self.model.hidden_states([r.ids for r in reqs], [self.layer])
+        return mx.stop_gradient(hidden[self.layer]), lengths, mx.array([list(r.span) for r in reqs])
+
+
+def batches(lengths: np.ndarray, batch_tokens: int, max_batch: int, rng: np.random.Generator) -> list[list[int]]:
+    """One epoch of shuffled batches of similar length (at most ``batch_tokens`` padded positions)."""
+    order = rng.permutation(len(lengths))
+    out: list[list[int]] = []
+    for start in range(0, len(order), 64 * max_batch):  # sort within chunks: little padding, still shuffled
+        chunk = sorted(order[start:start + 64 * max_batch].tolist(), key=lambda i: lengths[i])
+        batch: list[int] = []
+        for i in chunk:
+            if batch and (len(batch) == max_batch or (len(batch) + 1) * lengths[i] > batch_tokens):
+                out.append(batch)
+                batch = []
+            batch.append(i)
+        if batch:
+            out.append(batch)
+    return [out[i] for i in rng.permutation(len(out))]
+
+
+# --- the trained module ----------------------------------------------------------------------
+class TowerHead(nn.Module):
+    """Tower, final norm, last+mean pooling, standardisation (fixed) and a one-hidden-layer MLP."""
+
+    def __init__(self, tower: Tower, mean: mx.array, std: mx.array, hidden: int):
+        super().__init__()
+        self.tower = tower
+        self.fc1 = nn.Linear(mean.shape[0], hidden)
+        self.out = nn.Linear(hidden, len(LABELS))
+        self.out.weight = mx.zeros_like(self.out.weight)  # start from uniform predictions
+        self.out.bias = mx.zeros_like(self.out.bias)
+        self._mean, self._std = mean, std  # private: not parameters, never trained
+
+    def features(self, h: mx.array, lengths: mx.array, spans: mx.array) -> mx.array:
+        return pool({0: self.tower(h)}, (0,), "last+mean", lengths, spans)
+
+    def pre(self, h: mx.array, lengths: mx.array, spans: mx.array) -> mx.array:
+        """The MLP's pre-activations (B, hidden): what the OOD statistic measures."""
+        return self.fc1((self.features(h, lengths, spans) - self._mean) / self._std)
+
+    def __call__(self, h: mx.array, lengths: mx.array, spans: mx.array) -> mx.array:
+        return self.out(nn.relu(self.pre(h, lengths, spans)))
+
+    def head_arrays(self) -> dict[str, mx.array]:
+        """The arrays of a kind-"tower" ``Head``: standardisation, MLP and the tower's LoRA arrays."""
+        arrays = {"mean": self._mean, "std": self._std, "w1": self.fc1.weight.T, "b1": self.fc1.bias,
+                  "w": self.out.weight.T, "b": self.out.bias}
+        arrays.update({TOWER_PREFIX + k: v for k, v in self.tower.lora_arrays().items()})
+        return arrays
+
+
+def _standardisation(tower: Tower, source, idx: Sequence[int], batch_tokens: int) -> tuple[mx.array, mx.array]:
+    feats = [pool({0: tower(h)}, (0,), "last+mean", n, s)
+             for h, n, s in (source.batch(b) for b in _chunks(source.lengths, idx, batch_tokens))]
+    f = np.concatenate([np.array(x) for x in feats])
+    return mx.array(f.mean(axis=0)), mx.array(f.std(axis=0) + 1e-3)
+
+
+def _chunks(lengths: np.ndarray, idx: Sequence[int], batch_tokens: int) -> list[list[int]]:
+    """``idx`` in length order, cut into batches of at most ``batch_tokens`` padded positions."""
+    order = sorted(idx, key=lambda i: lengths[i])
+    out, batch = [], []
+    for i in order:
+        if batch and (len(batch) + 1) * lengths[i] > batch_tokens:
+            out.append(batch)
+            batch = []
+        batch.append(i)
+    return out + ([batch] if batch else [])
+
+
+def outputs(net: TowerHead, source, idx: Sequence[int] | None = None, *, batch_tokens: int = 8192,
+            what: str = "logits") -> np.ndarray:
+    """Logits (or ``what="pre"``: the MLP's pre-activations) for rows ``idx`` (all by default), in order."""
+    idx = list(range(len(source.lengths))) if idx is None else list(idx)
+    where = {i: k for k, i in enumerate(idx)}
+    out = None
+    for b in _chunks(source.lengths, idx, batch_tokens):
+        h, n, s = source.batch(b)
+        y = np.array(net(h, n, s) if what == "logits" else net.pre(h, n, s))
+        if out is None:
+            out = np.zeros((len(idx), y.shape[1]), np.float32)
+        out[[where[i] for i in b]] = y
+    return out
+
+
+# --- training -------------------------------------------------------------------------------
+def train_tower(model, train: Sequence, dev: Sequence, *, fit: TowerFit = TowerFit(), sources=None,
+                identity: dict[str, Any] | None = None, run_dir: Path | None = None, progress: bool = True,
+                log: Callable[[str], None] = lambda s: None) -> Head:
+    """Train a tower head for ``model`` on labelled ``train`` rows, tuned on ``dev`` rows.
+
+    Args:
+        model: a ``phasegpt.Model`` (the base, with its adapter if any).
+        train, dev: ``train.data.Example`` rows with labels.
+        fit: the options.
+        sources: (train, dev) state sources (``CachedStates`` / ``LiveStates``); by default
+            live states from ``model``.
+        identity: HeadConfig fields naming the base and the training record.
+        run_dir: where checkpoints go (default: a folder in ``$PHASEGPT_HOME/runs`` keyed by
+            the data and the options, so rerunning the same command resumes).
+        progress: a progress bar on stderr with the running dev macro-F1.
+        log: called with progress lines.
+
+    Returns:
+        The head (attached to ``model``'s blocks), not yet saved.
+    """
+    import click
+
+    ytr = np.array([LABELS.index(e.label) for e in train])
+    ydv = np.array([LABELS.index(e.label) for e in dev])
+    src_tr, src_dv = sources or (LiveStates(model, fit.tap, train), LiveStates(model, fit.tap, dev))
+    run_dir = run_dir or _run_dir(model, train, dev, fit)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    mx.random.seed(fit.seed)
+    tower = Tower(model.loaded.model, fit.tower_config())
+    rng = np.random.default_rng(fit.seed)
+    sample = np.sort(rng.choice(len(train), min(len(train), 1024), replace=False)).tolist()
+    mean, std = _standardisation(tower, src_tr, sample, fit.batch_tokens)
+    net = TowerHead(tower, mean, std, fit.hidden)
+    _, weight = _balance(ytr)
+    weight = mx.array(weight)
+    per_epoch = len(batches(src_tr.lengths, fit.batch_tokens, fit.max_batch, np.random.default_rng(0)))
+    total = max(1, int(math.ceil(fit.epochs * per_epoch)))
+
+    def schedule(lr: float):
+        warm = min(fit.warmup, max(1, total // 10))
+        return optim.join_schedules([optim.linear_schedule(lr * 0.01, lr, warm), optim.cosine_decay(lr, max(1, total - warm))], [warm])
+
+    opt = optim.MultiOptimizer([optim.Adam(schedule(fit.lr)), optim.Adam(schedule(fit.head_lr))],
+                               [lambda path, _: path.startswith("tower")])
+
+    def loss_fn(net, h, n, s, y, w):
+        return (nn.losses.cross_entropy(net(h, n, s), y) * w).sum() / w.sum()
+
+    step_fn = nn.value_and_grad(net, loss_fn)
+    state = {"step": 0, "best_f1": -1.0, "bad": 0, "history": []}
+    best = dict(tree_flatten(net.trainable_parameters()))
+    ckpt = run_dir / "checkpoint.safetensors"
+    if ckpt.is_file():  # resume where the last checkpoint left off (an interrupted run)
+        arrays, meta = mx.load(str(ckpt), return_metadata=True)
+        state = json.loads(meta["state"])
+        part = {p: {k[len(p) + 1:]: v for k, v in arrays.items() if k.startswith(p + ".")} for p in ("now", "best", "opt")}
+        net.update(tree_unflatten(list(part["now"].items())))
+        best = part["best"]
+        opt.init(net.trainable_parameters())
+        opt.state = tree_unflatten(list(part["opt"].items()))
+        log(f"resuming {run_dir} at step {state['step']} of {total} (best dev macro-F1 {state['best_f1']:.3f})")
+
+    def evaluate() -> float:
+        return macro_f1(ydv, outputs(net, src_dv, batch_tokens=2 * fit.batch_tokens).argmax(axis=1))
+
+    def checkpoint() -> None:  # one file, written atomically: weights, best weights, optimiser, schedule position
+        arrays = {f"now.{k}": v for k, v in tree_flatten(net.trainable_parameters())}
+        arrays |= {f"best.{k}": v for k, v in best.items()}
+        arrays |= {f"opt.{k}": v for k, v in tree_flatten(opt.state)}
+        _save_arrays(ckpt, arrays, {"state": json.dumps(state)})
+
+    bar = click.progressbar(length=total, label="training tower", file=sys.stderr) if progress else None
+    t0, saved = time.perf_counter(), time.monotonic()
+    try:
+        if bar is not None:
+            bar.update(state["step"])
+        epoch = state["step"] // per_epoch
+        while state["step"] < total and state["bad"] < fit.patience:
+            order = batches(src_tr.lengths, fit.batch_tokens, fit.max_batch, np.random.default_rng([fit.seed, epoch]))
+            for b in order[state["step"] - epoch * per_epoch:]:
+                h, n, s = src_tr.batch(b)
+                loss, grads = step_fn(net, h, n, s, mx.array(ytr[b]), weight[mx.array(b)])
+                opt.update(net, grads)
+                mx.eval(net.parameters(), opt.state, loss)
+                state["step"] += 1
+                if bar is not None:
+                    bar.update(1)
+                if state["step"] % fit.eval_every == 0 or state["step"] == total:
+                    f1 = evaluate()
+                    state["history"].append({"step": state["step"], "loss": float(loss), "dev_macro_f1": f1})
+                    if f1 > state["best_f1"]:
+                        state["best_f1"], state["bad"] = f1, 0
+                        best = {k: mx.array(v) for k, v in tree_flatten(net.trainable_parameters())}
+                    else:
+                        state["bad"] += 1
+                    log(f"  step {state['step']}/{total}: loss {float(loss):.3f}, dev macro-F1 {f1:.3f} "
+                        f"(best {state['best_f1']:.3f})")
+                    if bar is not None:
+                        bar.label = f"training tower (dev macro-F1 {state['best_f1']:.3f})"
+                if time.monotonic() - saved > CHECKPOINT_EVERY:
+                    checkpoint()
+                    saved = time.monotonic()
+                if state["step"] >= total or state["bad"] >= fit.patience:
+                    break
+            epoch += 1
+        checkpoint()
+    finally:
+        if bar is not None:
+            bar.render_finish()
+    net.update(tree_unflatten(list(best.items())))
+    seconds = time.perf_counter() - t0
+    return _finish(net, src_tr, src_dv, ytr, ydv, fit, identity or {}, state, seconds, log, model)
+
+
+def _finish(net, src_tr, src_dv, ytr, ydv, fit, identity, state, seconds, log, model) -> Head:
+    """Temperature, thresholds and the OOD statistic on the best weights; the Head."""
+    dev_logits = outputs(net, src_dv, batch_tokens=2 * fit.batch_tokens)
+    temperature = calibrate(dev_logits, ydv)
+    probs = _softmax(dev_logits, temperature)
+    offsets = tune_thresholds(probs, ydv) if fit.tune_thresholds else np.zeros(len(LABELS))
+    pred = (probs - offsets).argmax(axis=1)
+    rows = np.sort(np.random.default_rng(fit.seed).choice(len(ytr), min(len(ytr), OOD_ROWS), replace=False))
+    mean, whiten = ood_statistic(outputs(net, src_tr, rows, what="pre"))
+    dist = distances(outputs(net, src_dv, what="pre"), mean, whiten)
+    q99 = float(np.quantile(dist, 0.99))
+    arrays = {**net.head_arrays(), "ood_mean": mx.array(mean), "ood_whiten": mx.array(whiten)}
+    metrics = {"dev_macro_f1": macro_f1(ydv, pred), "dev_accuracy": float(np.mean(pred == ydv)),
+               "dev_macro_f1_argmax": macro_f1(ydv, probs.argmax(axis=1)), "n_train": int(len(ytr)),
+               "n_dev": int(len(ydv)), "steps": state["step"], "history": state["history"],
+               "train_seconds": round(seconds, 1)}
+    log(f"tower: dev macro-F1 {metrics['dev_macro_f1']:.3f} (argmax {metrics['dev_macro_f1_argmax']:.3f}), "
+        f"temperature {temperature:.2f}, {state['step']} steps, {seconds:.0f}s")
+    training = {**identity.pop("training", {}), "fit": {**asdict(fit), "keys": list(fit.keys)}}
+    config = HeadConfig(layers=(fit.tap,), pooling="last+mean", kind="tower", temperature=temperature,
+                        thresholds=dict(zip(LABELS, map(float, offsets))), metrics=metrics, training=training,
+                        tower={**asdict(fit.tower_config()), "keys": list(fit.keys)}, ood_q99=q99, **identity)
+    head = Head(config, {k: mx.array(v) for k, v in arrays.items()})
+    head.attach(model.loaded.model)
+    return head
+
+
+def _run_dir(model, train, dev, fit: TowerFit) -> Path:
+    ident = json.dumps([model.loaded.fingerprint, model.loaded.adapter_sha256, model.template, model.system,
+                        sorted(e.key + e.label for e in train), sorted(e.key + e.label for e in dev),
+                        {**asdict(fit), "keys": list(fit.keys)}])
+    return user_dir() / "runs" / ("tower-" + hashlib.sha256(ident.encode()).hexdigest()[:16])
+
+
+def _save_arrays(path: Path, arrays: dict[str, mx.array], metadata: dict[str, str]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".safetensors")
+    os.close(fd)
+    try:
+        mx.save_safetensors(tmp, arrays, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+
+
+# --- choosing K, M, rank and keys -----------------------------------------------------------
+def sweep_towers(model, train: Sequence, dev: Sequence, trials: Sequence[TowerFit], source_for: Callable,
+                 *, rows: int = 3000, epochs: float = 1.0, log: Callable[[str], None] = lambda s: None,
+                 ) -> tuple[TowerFit, list[dict[str, Any]]]:
+    """Short runs of every trial on one seeded subset of ``rows`` training rows; the best by dev macro-F1.
+
+    Args:
+        trials: the candidate options (tap, depth, rank, keys, ...); each is trained for ``epochs``.
+        source_for: ``source_for(tap, examples)`` -> a state source for those examples at that tap.
+
+    Returns:
+        The winning options (with the caller's epochs restored) and the table of every trial.
+    """
+    rng = np.random.default_rng(trials[0].seed if trials else 0)
+    sub = [train[i] for i in np.sort(rng.choice(len(train), min(rows, len(train)), replace=False))]
+    table, best = [], None
+    for fit in trials:
+        short = TowerFit(**{**asdict(fit), "epochs": epochs, "patience": 10**6, "tune_thresholds": False})
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="phasegpt-sweep-") as tmp:  # trials are short: no resuming
+            head = train_tower(model, sub, dev, fit=short, sources=(source_for(fit.tap, sub), source_for(fit.tap, dev)),
+                               progress=False, run_dir=Path(tmp))
+        score = head.config.metrics["dev_macro_f1_argmax"]
+        row = {"tap": fit.tap, "depth": fit.depth, "rank": fit.rank, "keys": list(fit.keys),
+               "dev_macro_f1": score, "seconds": round(time.perf_counter() - t0, 1)}
+        table.append(row)
+        log(f"  tap {fit.tap} depth {fit.depth} rank {fit.rank} keys {len(fit.keys)}: dev macro-F1 {score:.3f} "
+            f"({row['seconds']:.0f}s)")
+        if best is None or score > best[0]:
+            best = (score, fit)
+    return best[1], table
