@@ -26,10 +26,15 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 
 import common  # noqa: E402  (sets PHASEGPT_HOME to a temp dir and imports phasegpt before mlx)
 from common import median, order, table  # noqa: E402
+
+# This file is named gguf.py: take its folder off the path again, or `import gguf` (llama.cpp's
+# package, which phasegpt.gguf reads with) would find this script.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 
 import mlx.core as mx  # noqa: E402
 import mlx.nn as nn  # noqa: E402

@@ -105,6 +105,7 @@ def load_gguf(path: str | Path | GGUFFile, *, dtype: str = "native") -> GGUFMode
                                                   dtype=entry.tensor.kind)
         else:
             records.update({f"{base}.{key}": weight_record(f"{base}.{key}", value) for key, value in stored.items()})
+        file.release(entry.tensor)
     model.load_weights(list(weights.items()), strict=True)
     mx.eval(model.parameters())
     model.eval()

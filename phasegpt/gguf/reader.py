@@ -6,7 +6,8 @@ decodes it one tensor at a time.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import mmap
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,8 @@ class _Reader(GGUFReader):
         return self._plain
 
     @data.setter
-    def data(self, value: np.ndarray) -> None:
+    def data(self, value: np.memmap) -> None:
+        self.mapping = getattr(value, "_mmap", None)  # numpy keeps the mmap object here
         self._plain = value.view(np.ndarray)
 
 
@@ -50,6 +52,7 @@ class Tensor:
     kind: str
     shape: tuple[int, ...]
     data: np.ndarray
+    offset: int = 0  # of the data in the file
 
     @property
     def size(self) -> int:
@@ -77,6 +80,7 @@ class GGUFFile:
     path: Path
     metadata: dict[str, Any]
     tensors: tuple[Tensor, ...]
+    mapping: mmap.mmap | None = field(default=None, repr=False, compare=False)
 
     @property
     def architecture(self) -> str | None:
@@ -93,6 +97,18 @@ class GGUFFile:
 
     def tensor(self, name: str) -> Tensor | None:
         return next((t for t in self.tensors if t.name == name), None)
+
+    def release(self, tensor: Tensor) -> None:
+        """Let the kernel drop the file's pages of a decoded tensor from this process's memory.
+
+        They stay in the page cache and are read again if touched; without this every page
+        read counts towards the process's resident memory until the file is closed, adding the
+        file's size to the peak of a load.
+        """
+        if self.mapping is None or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        start = tensor.offset - tensor.offset % mmap.PAGESIZE
+        self.mapping.madvise(mmap.MADV_DONTNEED, start, tensor.offset + tensor.nbytes - start)
 
 
 def open_gguf(path: str | Path) -> GGUFFile:
@@ -125,10 +141,10 @@ def open_gguf(path: str | Path) -> GGUFFile:
     except (IndexError, ValueError, UnicodeDecodeError) as error:
         raise corrupt(path, f"metadata unreadable: {error}") from error
     tensors = tuple(
-        Tensor(t.name, t.tensor_type.name, tuple(int(d) for d in reversed(t.shape.tolist())), t.data)
+        Tensor(t.name, t.tensor_type.name, tuple(int(d) for d in reversed(t.shape.tolist())), t.data, t.data_offset)
         for t in reader.tensors
     )
-    return GGUFFile(path, metadata, tensors)
+    return GGUFFile(path, metadata, tensors, reader.mapping)
 
 
 def corrupt(path: Path, detail: str) -> ModelLoadError:
