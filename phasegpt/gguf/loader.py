@@ -106,6 +106,7 @@ def load_gguf(path: str | Path | GGUFFile, *, dtype: str = "native") -> GGUFMode
         else:
             records.update({f"{base}.{key}": weight_record(f"{base}.{key}", value) for key, value in stored.items()})
         file.release(entry.tensor)
+        mx.clear_cache()  # MLX would keep this tensor's temporaries (a float16 copy, say) for reuse
     model.load_weights(list(weights.items()), strict=True)
     mx.eval(model.parameters())
     model.eval()
