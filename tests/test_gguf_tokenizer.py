@@ -35,7 +35,7 @@ def test_byte_level_tokenizer(tmp_path):
 
 
 @pytest.mark.parametrize(("pre", "pieces"), [("default", ["12", "12"]), ("smollm", ["1", "2", "1", "2"]),
-                                             ("llama-bpe", ["12", "1", "2"])])
+                                             ("llama-bpe", ["12", "1", "2"]), ("qwen2", ["1", "2", "1", "2"])])
 def test_pre_tokenizer_follows_tokenizer_ggml_pre(tmp_path, pre, pieces):
     """The vocabulary merges "1 2"; how "1212" is cut first decides which merges can apply."""
     meta = fx.gguf_metadata(MISTRAL)

@@ -23,9 +23,12 @@ from phasegpt.errors import ModelLoadError
 # Byte-level BPE splits text before merging; llama.cpp names the split by `tokenizer.ggml.pre`.
 _LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
                  r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_QWEN2_SPLIT = _LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")  # Qwen cuts every digit apart
 _GPT2_PRE = ("default", "gpt-2", "gpt2")
 _SMOLLM_PRE = ("smollm",)
 _LLAMA3_PRE = ("llama-bpe", "llama3", "llama-v3", "smaug-bpe")
+# What llama.cpp's converter writes for Qwen 2, 2.5 and 3 (and the DeepSeek-R1 Qwen distills).
+_QWEN2_PRE = ("qwen2", "deepseek-r1-qwen")
 
 # The template a file without one gets, by mlx-lm model type (phasegpt/data/chat_templates/).
 _FALLBACK = {"llama": "mistral", "qwen2": "chatml", "qwen3": "chatml", "gemma2": "gemma", "gemma3_text": "gemma",
@@ -117,10 +120,11 @@ def _byte_level_bpe(tokens: list[str], metadata: dict, path: Path) -> Tokenizer:
     elif pre in _SMOLLM_PRE:  # GPT-2's split after cutting every digit apart
         splitter, ignore_merges = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
                                                            byte_level]), False
-    elif pre in _LLAMA3_PRE:
-        splitter = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(_LLAMA3_SPLIT), behavior="isolated"),
+    elif pre in _LLAMA3_PRE or pre in _QWEN2_PRE:
+        # llama.cpp lets a whole pre-token that is in the vocabulary skip merging for Llama 3 only.
+        split, ignore_merges = (_LLAMA3_SPLIT, True) if pre in _LLAMA3_PRE else (_QWEN2_SPLIT, False)
+        splitter = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(split), behavior="isolated"),
                                             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-        ignore_merges = True
     else:
         raise ModelLoadError(f"{path} splits text with tokenizer.ggml.pre={pre!r}, which phasegpt does not "
                              "know; use an MLX folder with tokenizer.json instead")
