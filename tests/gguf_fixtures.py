@@ -173,7 +173,9 @@ def gguf_metadata(family: Family, *, context: int = 512) -> dict:
     }
     return {
         **{f"{family.arch}.{key}": value for key, value in arch.items()},
-        "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "default", "tokenizer.ggml.tokens": tokens,
+        # llama.cpp names Qwen's split "qwen2"; the tiny vocabulary tokenizes the same under either.
+        "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "qwen2" if family.arch.startswith("qwen") else "default",
+        "tokenizer.ggml.tokens": tokens,
         "tokenizer.ggml.merges": merges, "tokenizer.ggml.token_type": types, "tokenizer.ggml.bos_token_id": 1,
         "tokenizer.ggml.eos_token_id": 2, "tokenizer.ggml.padding_token_id": 0,
         "tokenizer.ggml.add_bos_token": False, "tokenizer.chat_template": CHAT_TEMPLATE,
@@ -251,6 +253,16 @@ def _random_blocks(kind: str, shape: tuple[int, ...], std: float, rng: np.random
     set_scale(1.0)
     set_scale(std / float(dequantize(raw, ggml).std()))
     return raw
+
+
+def llama3_rope_factors(*, factor: float = 8.0, low: float = 1.0, high: float = 4.0, context: int = 8192,
+                        base: float = 10000.0, dims: int = HEAD_DIM) -> np.ndarray:
+    """The ``rope_freqs.weight`` convert_hf_to_gguf writes for a Llama 3.1+ ``rope_scaling``."""
+    wavelens = 2 * np.pi * base ** (np.arange(0, dims, 2, dtype=np.float64) / dims)
+    smooth = (context / wavelens - low) / (high - low)
+    factors = np.where(wavelens < context / high, 1.0,
+                       np.where(wavelens > context / low, factor, 1 / ((1 - smooth) / factor + smooth)))
+    return factors.astype(np.float32)
 
 
 def permute_like_llama_cpp(rows: np.ndarray, n_heads: int) -> np.ndarray:

@@ -122,6 +122,32 @@ def test_architecture_matches_mlx_lm(tmp_path, arch, kind):
     assert greedy(loaded.model) == greedy(reference)
 
 
+def test_llama3_rope_factors_become_mlx_lms_llama3_rope(tmp_path):
+    """Llama 3.1+ files carry their rope scaling as rope_freqs.weight; Llama 3.2 1B/3B tie the output."""
+    scaling = {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 8192}
+    family = fx.Family("llama", "llama", fx.FAMILIES["llama"].layer, permute=True, config={"rope_scaling": scaling},
+                       meta={"rope.dimension_count": fx.HEAD_DIM})
+    extra = {"rope_freqs.weight": fx.llama3_rope_factors(factor=32.0)}
+    path, decoded = write(tmp_path, family, kind="Q4_K", extra=extra)
+    loaded = load_gguf(path, dtype="float32")
+    assert loaded.config["rope_scaling"] == scaling
+    reference = fx.reference_model(tmp_path / "ref", family, decoded)
+    expected = logits(reference)
+    assert np.abs(logits(loaded.model) - expected).max() <= 1e-5 * np.abs(expected).max()
+    # llama.cpp divides each rotation angle by its factor; mlx-lm multiplies each period by it.
+    rope = loaded.model.layers[0].self_attn.rope
+    periods = 10000.0 ** (np.arange(0, fx.HEAD_DIM, 2) / fx.HEAD_DIM)
+    assert np.allclose(np.array(rope._freqs) / periods, extra["rope_freqs.weight"], rtol=1e-5)
+
+
+def test_rope_factors_that_are_not_llama3s(tmp_path):
+    extra = {"rope_freqs.weight": fx.llama3_rope_factors(low=2.0)}
+    path, _ = write(tmp_path, fx.FAMILIES["mistral"], extra=extra)
+    with pytest.raises(ModelLoadError, match="rope_freqs.weight\\) that are not Llama 3's; use an MLX folder"):
+        load_gguf(path)
+
+
 @pytest.mark.parametrize("arch", fx.FAMILIES)
 def test_architecture_native_stays_close(tmp_path, arch):
     family = fx.FAMILIES[arch]
@@ -223,13 +249,13 @@ def test_shapes_that_disagree_with_the_metadata(tmp_path):
 
 
 def test_missing_and_leftover_tensors_listed_together(tmp_path):
-    extra = {"rope_freqs.weight": np.ones(8, np.float32)}
+    extra = {"blk.0.attn_rot_embd.weight": np.ones(8, np.float32)}
     path, _ = write(tmp_path, drop=("blk.1.ffn_up.weight", "output_norm.weight"), extra=extra)
     with pytest.raises(ModelLoadError) as error:
         load_gguf(path)
     message = str(error.value)
     assert "missing: blk.1.ffn_up.weight, output_norm.weight" in message
-    assert "unexpected: rope_freqs.weight" in message and str(path) in message
+    assert "unexpected: blk.0.attn_rot_embd.weight" in message and str(path) in message
 
 
 def test_not_a_gguf_and_missing_file(tmp_path):

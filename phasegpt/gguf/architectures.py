@@ -4,7 +4,8 @@ For each: the mlx-lm ``config.json`` equivalent of the file's ``<arch>.*`` metad
 mlx-lm tensor names, and what llama.cpp's converter changed that must be undone:
 
 * llama/mistral: q/k rows permuted for llama.cpp's rotary layout (``convert_hf_to_gguf``'s
-  ``LlamaModel.permute``); the other families keep Hugging Face's row order;
+  ``LlamaModel.permute``), the other families keep Hugging Face's row order; Llama 3.1+'s rope
+  scaling arrives as a ``rope_freqs`` tensor of per-frequency factors;
 * gemma2/gemma3: every norm weight stored as ``1 + w`` (Gemma's RMSNorm scales by ``1 + w``, and
   so does mlx-lm's); llama.cpp's fixed Gemma 3 settings (sliding window every 6th layer global,
   local rope base 10000) and its attention scale (``hidden / heads`` for the 27B models,
@@ -149,7 +150,32 @@ def _llama(m: Metadata) -> dict[str, Any]:
     config = _core(m, "llama")
     _full_rotary(m, config)
     _rope_scaling(m, config)
+    freqs = m.file.tensor("rope_freqs.weight")
+    if freqs is not None:
+        config["rope_scaling"] = _llama3_rope(m, config, np.asarray(freqs.data, dtype=np.float32).reshape(-1))
     return config
+
+
+def _llama3_rope(m: Metadata, config: dict[str, Any], factors: np.ndarray) -> dict[str, Any]:
+    """Llama 3.1+'s rope scaling, which llama.cpp's converter stores as one factor per frequency.
+
+    The file keeps only the factors, not the settings that made them; every Llama 3.x release so
+    far used low/high frequency factors 1 and 4 over an 8192-token original context, with the
+    largest factor as ``factor``. Those settings are checked by rebuilding the factors with
+    mlx-lm's own ``Llama3RoPE``.
+    """
+    from mlx_lm.models.rope_utils import Llama3RoPE
+
+    dims, base = config["head_dim"], config["rope_theta"]
+    scaling = {"rope_type": "llama3", "factor": float(factors.max()), "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    if factors.size == dims // 2:
+        rope = Llama3RoPE(dims, config["max_position_embeddings"], base=base, scaling_config=scaling)
+        rebuilt = np.array(rope._freqs) / base ** (np.arange(0, dims, 2) / dims)
+        if np.allclose(rebuilt, factors, rtol=1e-4):
+            return scaling
+    raise ModelLoadError(f"{m.file.path} scales its rope by per-frequency factors (rope_freqs.weight) that are not "
+                         "Llama 3's; use an MLX folder of the model instead")
 
 
 def _qwen2(m: Metadata) -> dict[str, Any]:
@@ -220,7 +246,8 @@ def _floats(tensor: Any) -> list[float]:
 
 
 ARCHITECTURES = (
-    Architecture(("llama", "mistral"), "llama", _LLAMA_LAYER, _llama, permute_qk=True),
+    Architecture(("llama", "mistral"), "llama", _LLAMA_LAYER, _llama, permute_qk=True,
+                 consumed=("rope_freqs.weight",)),
     Architecture(("qwen2",), "qwen2", _LLAMA_LAYER, _qwen2),
     Architecture(("qwen3",), "qwen3", {**_LLAMA_LAYER, **_QK_NORMS}, _qwen3),
     Architecture(("gemma2",), "gemma2", _GEMMA_LAYER, _gemma2, norm_shift=-1.0),
