@@ -19,6 +19,7 @@ from mlx_lm.generate import generate_step
 from phasegpt import loading
 from phasegpt.errors import ModelLoadError
 from phasegpt.gguf import load_gguf, quants
+from phasegpt.gguf.reader import open_gguf
 from tests import gguf_fixtures as fx
 
 LLAMA = fx.FAMILIES["llama"]
@@ -193,6 +194,22 @@ def _flat(model: nn.Module):
     from mlx.utils import tree_flatten
 
     return tree_flatten(model.parameters())
+
+
+def test_header_reads_as_llama_cpps_reader_reads_it(tmp_path):
+    """phasegpt's reader parses arrays its own faster way: the values must be the gguf package's."""
+    meta = fx.gguf_metadata(LLAMA)
+    meta.update({"test.floats": [0.5, -1.25, 3.0], "test.ints": [7, -3, 0], "test.words": ["", "ü", "a b"]})
+    path, _ = write(tmp_path, meta=meta)
+    theirs = {key: field.contents() for key, field in GGUFReader(path).fields.items() if not key.startswith("GGUF.")}
+    ours = open_gguf(path).metadata
+    assert ours.keys() == theirs.keys()
+    for key, value in theirs.items():
+        if isinstance(value, float):  # ours spells float32 scalars in their shortest form
+            assert ours[key] == pytest.approx(value, rel=1e-6), key
+        else:
+            assert ours[key] == value and type(ours[key]) is type(value), key
+    assert ours["test.words"] == ["", "ü", "a b"] and ours["tokenizer.ggml.tokens"] == fx.byte_level_vocab()[0]
 
 
 # --- bad input --------------------------------------------------------------------------------------
