@@ -140,15 +140,16 @@ def _sentencepiece_bpe(tokens: list[str], metadata: dict, token_types: list[int]
     the piece they produce, unknown bytes spelled as ``<0xNN>`` tokens."""
     scores = metadata.get("tokenizer.ggml.scores") or [-float(i) for i in range(len(tokens))]
     vocab = _vocab(tokens)
-    candidates = []
+    find = vocab.get
+    candidates = []  # (-score, left id, right id): ids, not strings, keep Gemma's 262k pieces fast to sort
     for merged, score, kind in zip(tokens, scores, token_types):
         if kind != 1:  # only normal pieces come from merges
             continue
         for cut in range(1, len(merged)):
-            left, right = merged[:cut], merged[cut:]
-            if left in vocab and right in vocab:
-                candidates.append((-score, vocab[left], vocab[right], left, right))
-    merges = [(left, right) for *_, left, right in sorted(candidates)]
+            left = find(merged[:cut])
+            if left is not None and (right := find(merged[cut:])) is not None:
+                candidates.append((-score, left, right))
+    merges = [(tokens[left], tokens[right]) for _, left, right in sorted(candidates)]
     unknown = metadata.get("tokenizer.ggml.unknown_token_id")
     unk = tokens[int(unknown)] if unknown is not None else None
     backend = Tokenizer(models.BPE(vocab, merges, unk_token=unk, fuse_unk=True, byte_fallback=True))
