@@ -9,6 +9,7 @@ attention means padding after a prompt cannot change its states).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -39,6 +40,7 @@ from phasegpt.prompting import (
 )
 from phasegpt.tap import tapped
 from phasegpt.verdict import Chunk, Result, Verdict, parse_tag
+from phasegpt.worker import WORKER
 
 STREAMS_ENV = "PHASEGPT_CPU_STREAMS"  # how many CPU streams a batched prefill is split over (1 = off)
 MAX_STREAMS = 8
@@ -62,11 +64,39 @@ class Request:
     segments: list[tuple[str, bool]]
 
 
+def _on_worker(method):
+    """Run the method on phasegpt's MLX worker thread (phasegpt.worker), whichever thread calls it."""
+
+    @functools.wraps(method)
+    def call(*args, **kwargs):
+        return WORKER.run(method, *args, **kwargs)
+
+    return call
+
+
+def _on_worker_stream(method):
+    """Advance the generator method on the MLX worker, one item per queued step (Worker.iterate)."""
+
+    @functools.wraps(method)
+    def call(*args, **kwargs):
+        return WORKER.iterate(method(*args, **kwargs))
+
+    return call
+
+
 class Model:
     """A loaded chat model with an optional refusal-reason head and audit log.
 
     Build it with ``phasegpt.load``; the attributes ``loaded`` (model, tokenizer, config,
     identity), ``head`` and ``audit`` are public for advanced use.
+
+    Thread-safe: any number of threads may call ``classify``, ``generate`` and ``stream`` on one
+    Model at once, and get what serial calls would give (greedy text identical, probabilities to
+    float rounding, seeded sampling the same tokens). Every forward pass runs on one MLX worker
+    thread per process, in arrival order: a classify call one round of prompts at a time (it
+    tokenizes and writes its audit records in the calling thread), a stream one token at a
+    time (see ``phasegpt.worker`` for why, and BENCHMARKS.md for what it costs: nothing
+    measurable for a single caller).
     """
 
     def __init__(self, loaded: LoadedModel, head: Head | None = None, *, audit: Any = None,
@@ -80,6 +110,8 @@ class Model:
                             adapter_sha256=loaded.adapter_sha256)
             head.attach(loaded.model)  # a tower head builds its tower on this model's blocks
         check_template(template)
+        if head is not None:  # lazy arrays made on this thread could not be evaluated on the worker
+            mx.eval(head.params, head.tower.parameters() if head.tower is not None else [])
         self._span = content_span(loaded.tokenizer, system=system)
         self._max_tokens = int(loaded.config.get("max_position_embeddings") or 0)
 
@@ -114,7 +146,7 @@ class Model:
 
     # --- classify -----------------------------------------------------------------------
     def classify(self, prompts: Sequence[Prompt], *, contexts: Sequence[Context] | None = None,
-                 batch_size: int = 16, metadata: dict | None = None) -> list[Verdict]:
+                 batch_size: int = 16, metadata: dict | Sequence[dict] | None = None) -> list[Verdict]:
         """Verdicts for many requests, from prefill only (no tokens are generated).
 
         Args:
@@ -123,7 +155,8 @@ class Model:
             contexts: retrieved documents per prompt (None, a string, or a list), same length.
             batch_size: prompts per forward step (on the CPU a step is split over the cores, at least
                 one prompt each).
-            metadata: free-form caller data written to the audit log with each record.
+            metadata: free-form caller data written to the audit log with each record: one dict
+                for all, or a list of one dict (or None) per prompt.
 
         Returns:
             One Verdict per prompt, in order.
@@ -146,6 +179,10 @@ class Model:
             raise ValueError(f"got {len(prompts)} prompts but {len(contexts)} contexts; pass one context (or None) per prompt")
         if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
             raise ValueError(f"batch_size must be a whole number >= 1, not {batch_size!r}")
+        metas = [metadata] * len(prompts) if metadata is None or isinstance(metadata, dict) else list(metadata)
+        if len(metas) != len(prompts):
+            raise ValueError(f"got {len(prompts)} prompts but {len(metas)} metadata entries; pass one dict for all "
+                             "or one per prompt")
         requests = [self.prepare(p, c) for p, c in zip(prompts, contexts)]
         verdicts: list[Verdict | None] = [None] * len(requests)
         for idx in self.rounds([len(r.ids) for r in requests], batch_size):
@@ -154,7 +191,7 @@ class Model:
                 verdicts[i] = v
             per_item = (time.perf_counter() - t0) / len(idx)
             for i in idx:
-                self._record(verdicts[i], prompts[i], contexts[i], None, per_item, metadata)
+                self._record(verdicts[i], prompts[i], contexts[i], None, per_item, metas[i])
         return verdicts  # type: ignore[return-value]
 
     def rounds(self, lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
@@ -164,6 +201,7 @@ class Model:
         on 48 prompts of 35-347 tokens that was 1.4x slower at batch 8 and 2.3x at batch 32.)"""
         return batches(lengths, max(batch_size, cpu_streams()))
 
+    @_on_worker
     def prefill(self, batch: list[list[int]], layers: Sequence[int]) -> list[tuple[list[list[int]], dict[int, mx.array], mx.array]]:
         """Tapped states of ``layers`` for a batch of token lists, computed: ``(part, hidden, lengths)``
         per part of the batch, in order (``hidden_states`` of each part).
@@ -193,7 +231,11 @@ class Model:
         return parts
 
     def hidden_states(self, batch: list[list[int]], layers: Sequence[int]) -> tuple[dict[int, mx.array], mx.array]:
-        """Tapped states {layer: (B, T, D)} and lengths (B,) for one batch of token lists (lazy)."""
+        """Tapped states {layer: (B, T, D)} and lengths (B,) for one batch of token lists (lazy).
+
+        Runs in the calling thread, so only on the MLX worker (inside ``prefill``): the tap
+        swaps ``model.layers`` and the lazy arrays belong to this thread's streams.
+        """
         lengths = mx.array([len(t) for t in batch])
         width = max(len(t) for t in batch)
         pad = self.tokenizer.pad_token_id or 0
@@ -208,6 +250,7 @@ class Model:
         """Template tokens before and after the user content (see prompting.content_span)."""
         return self._span
 
+    @_on_worker
     def _classify_batch(self, requests: list[Request]) -> list[Verdict]:
         head = self.head
         parts = self.prefill([r.ids for r in requests], head.config.layers)
@@ -280,9 +323,13 @@ class Model:
             max_tokens: most tokens to generate.
             temp: sampling temperature (0 = greedy).
             top_p: nucleus sampling threshold.
-            seed: random seed for sampling.
+            seed: random seed for sampling (the same tokens whatever other calls run meanwhile).
             stop_on_refusal: stop after the verdict chunk when it is a refusal.
             metadata: free-form caller data for the audit log.
+
+        Each step runs on the MLX worker thread (``_stream`` is advanced there, one token per
+        queued step), so concurrent callers interleave token by token; closing the stream early
+        closes it there too. ``generate`` runs the same steps.
 
         Raises:
             ValueError: a malformed request or option (options are checked at the call, the
@@ -292,6 +339,7 @@ class Model:
         check_sampling(max_tokens, temp, top_p, seed)
         return self._stream(prompt, context, max_tokens, temp, top_p, seed, stop_on_refusal, metadata, log_first=True)
 
+    @_on_worker_stream
     def _stream(self, prompt: Prompt, context: Context, max_tokens: int, temp: float, top_p: float,
                 seed: int | None, stop_on_refusal: bool, metadata: dict | None, *, log_first: bool) -> Iterator[Chunk]:
         from mlx_lm import stream_generate
@@ -299,8 +347,9 @@ class Model:
 
         request = self.prepare(prompt, context)
         ids = request.ids
+        sampler = make_sampler(temp=temp, top_p=top_p)
         if seed is not None:
-            mx.random.seed(seed)
+            sampler = _seeded(sampler, seed)
         t0 = time.perf_counter()
         layers = self.head.config.layers if self.head else ()
         text, verdict, finish = "", None, "abandoned"
@@ -319,7 +368,7 @@ class Model:
         try:
             with tapped(self.loaded.model, layers, budget=len(ids), on_done=prepare if self.head else None):
                 gen = stream_generate(self.loaded.model, self.tokenizer, ids, max_tokens=max_tokens,
-                                      sampler=make_sampler(temp=temp, top_p=top_p))
+                                      sampler=sampler)
                 first = next(gen)  # prefill done (and the first token sampled): the head has run too
             if self.head is not None:
                 verdict = self._verdict(ready["probs"], ready["z"], request, ready.get("ood"))
@@ -444,7 +493,9 @@ def cpu_streams() -> int:
     return max(1, min(cores, MAX_STREAMS))
 
 
-_cpu_stream_pool: list[Any] = []  # shared by every Model: each MLX stream is an OS thread that never exits
+# Shared by every Model; thread-local, so whichever thread runs a prefill (the worker) gets streams
+# of its own: an MLX stream made on one thread cannot run work on another
+_cpu_stream_pool: list[Any] = []
 _cpu_stream_lock = threading.Lock()
 
 
@@ -454,8 +505,21 @@ def _streams(n: int) -> list[Any]:
         return []
     with _cpu_stream_lock:
         while len(_cpu_stream_pool) < n:
-            _cpu_stream_pool.append(mx.new_stream(mx.cpu))
+            _cpu_stream_pool.append(mx.new_thread_local_stream(mx.cpu))
         return _cpu_stream_pool[:n]
+
+
+def _seeded(sampler: Any, seed: int) -> Any:
+    """``sampler`` with the RNG re-seeded from (seed, step) before each draw: a seeded stream draws
+    the same numbers however its steps interleave with other streams' on the worker (whose RNG
+    they share)."""
+    steps = itertools.count()
+
+    def sample(logprobs: mx.array) -> mx.array:
+        mx.random.seed(hash((seed, next(steps))) & 0xFFFF_FFFF_FFFF_FFFF)
+        return sampler(logprobs)
+
+    return sample
 
 
 def split_batch(batch: list, n: int) -> list[list]:

@@ -215,3 +215,52 @@ def test_far_requests_lean_to_the_ood_prior():
     assert np.allclose(moved[0], probs[0])  # inside the training distribution: unchanged
     assert moved[1, 0] < probs[0, 0] and moved[1, 3] > probs[0, 3]  # half way
     assert np.allclose(moved[2], [0.1, 0.1, 0.1, 0.7]) and np.allclose(moved.sum(axis=1), 1)
+
+
+def test_state_cache_has_one_writer_and_readers_change_nothing(base, tmp_path):
+    from phasegpt.train.states import StateCache
+    rows = labelled(6, "train", 7)
+    cache = extract_states(base, rows[:3], [0], progress=False)
+    writer = StateCache(cache.folder, [0], cache.hidden, write=True)
+    with pytest.raises(RuntimeError, match="another process is writing"):
+        StateCache(cache.folder, [0], cache.hidden, write=True)
+    r = base.prepare(rows[3].request)
+    h, _ = base.hidden_states([r.ids], [0])
+    writer.append(rows[3].key, {0: np.array(h[0][0])}, r.span)  # not yet in the index
+    reader = StateCache(cache.folder, [0], cache.hidden)  # used to cut the unindexed row off the file
+    assert rows[3].key not in reader
+    with pytest.raises(RuntimeError, match="opened for reading"):
+        reader.append(rows[3].key, {0: np.array(h[0][0])}, r.span)
+    writer.close()
+    after = StateCache(cache.folder, [0], cache.hidden)
+    for e in rows[:4]:  # every row's states are its own
+        ids = base.prepare(e.request).ids
+        live, _ = base.hidden_states([ids], [0])
+        assert np.abs(after.get(e.key, 0)[0].astype(np.float32) - np.array(live[0][0])).max() < 0.05
+
+
+def test_pooled_features_from_the_state_cache_equal_extracted_ones(base, tiny_data, tmp_path):
+    from phasegpt.train.features import extract
+    from phasegpt.train.states import pooled_features
+    from phasegpt.train.train_head import train_head
+    train, dev = tiny_data
+    rows = train[:8] + [Example("hello there, how are you today?", "answer", history=[
+        {"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello!"}])]
+    cache = extract_states(base, rows, [0, 1], progress=False)
+    got = pooled_features(cache, rows, [0, 1])
+    want = extract(base, rows, [0, 1], use_cache=False, progress=False)
+    assert got.shape == want.shape and np.abs(got - want).max() < 0.02
+    head = train_head(base, train + dev, tmp_path / "h", candidates=[0, 1], progress=False, states="cache")
+    assert head.config.training["states"] == "cache" and head.config.metrics["dev_macro_f1"] > 0.5
+
+
+def test_eval_reads_rows_the_state_cache_holds(base, tiny_data, tmp_path):
+    from phasegpt.train.features import predict
+    from phasegpt.train.train_head import train_head
+    train, dev = tiny_data
+    head = train_head(base, train + dev, tmp_path / "h", candidates=[0, 1], progress=False, use_cache=False)
+    model = phasegpt.Model(base.loaded, head)
+    plain, _, _ = predict(model, dev, use_cache=False, progress=False)
+    extract_states(base, dev[:5], [0, 1], progress=False)  # some rows cached per token, the rest not
+    mixed, _, _ = predict(model, dev, progress=False)
+    assert np.abs(plain - mixed).max() < 0.02

@@ -169,3 +169,19 @@ def test_macro_f1_by_hand():
     pred = np.array([0, 1, 1, 1, 2, 2])
     # class 0: P=1, R=.5 -> 2/3; class 1: P=2/3, R=1 -> .8; class 2: P=.5, R=1 -> 2/3; class 3: 0
     assert macro_f1(y, pred) == pytest.approx((2 / 3 + 0.8 + 2 / 3 + 0) / 4)
+
+
+def test_thresholds_keep_everyday_false_refusals_within_the_budget():
+    from phasegpt.train.fit_head import macro_f1, tune_thresholds
+
+    rng = np.random.default_rng(0)
+    y = np.array([0, 1, 2, 3] * 50)
+    probs = np.eye(4)[y] * 0.3 + rng.dirichlet(np.ones(4), len(y)) * 0.7  # a noisy but useful classifier
+    everyday = np.zeros(len(y), bool)
+    everyday[3::4] = True  # the answer rows are everyday requests
+    answer = LABELS.index("answer")
+    free = tune_thresholds(probs, y)
+    capped = tune_thresholds(probs, y, everyday=everyday, budget=0.02)
+    frr = lambda t: float(np.mean((probs - t).argmax(axis=1)[everyday] != answer))
+    assert frr(capped) <= 0.02 < frr(free)
+    assert macro_f1(y, (probs - capped).argmax(axis=1)) > 0.5  # still a classifier, not "answer" for all

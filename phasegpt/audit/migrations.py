@@ -119,8 +119,8 @@ def verdict_fields(verdict: Verdict, source: str, duration: float | None, metada
     """The record fields that come from the verdict and the caller (validated)."""
     if verdict.label not in LABELS:
         raise ValueError(f"verdict label {verdict.label!r} is not one of {', '.join(LABELS)}")
-    if source not in ("cli", "api"):
-        raise ValueError(f"source must be 'cli' or 'api', not {source!r}")
+    if source not in ("cli", "api", "server"):  # server: phasegpt serve
+        raise ValueError(f"source must be 'cli', 'api' or 'server', not {source!r}")
     if duration is not None and not (math.isfinite(duration) and duration >= 0):
         raise ValueError(f"duration must be seconds >= 0, not {duration!r}")
     if metadata is not None and not isinstance(metadata, dict):

@@ -46,7 +46,9 @@ def _examples(paths: tuple[Path, ...]):
 @click.option("--sweep", "sweep_spec", help="tower: trials to sweep first, ';'-separated 'key=value,...' "
               "(e.g. 'tap=9;tap=13;tap=13,depth=2'), each trained for one epoch on 3,000 rows; the best is trained.")
 @click.option("--states", default="auto", show_default=True, type=click.Choice(["auto", "cache", "live"]),
-              help="tower: cache the tapped states on disk (float16) or compute them live every batch.")
+              help="tower: cache the tapped states on disk (float16) or compute them live every batch. "
+              "linear/mlp: 'cache' pools the features from that per-token cache (shared with towers); "
+              "otherwise pooled features are extracted and cached.")
 def train_head(model_, adapter, head, dtype, data, out, layers, candidates, pooling, kind, seed, batch_size, cap,
                max_tokens, no_cache, tap, depth, rank, epochs, sweep_spec, states):
     """Train a refusal-reason head for a base model (and adapter) on labelled prompts.
@@ -81,7 +83,8 @@ def train_head(model_, adapter, head, dtype, data, out, layers, candidates, pool
         return
     fit = FitConfig(layers=_ints(layers), pooling=pooling, kind=kind, seed=seed)
     h = run(model, examples, out, candidates=_ints(candidates), fit=fit, batch_size=batch_size,
-            use_cache=not no_cache, training=record, max_tokens=max_tokens)
+            use_cache=not no_cache, training=record, max_tokens=max_tokens,
+            states="cache" if states == "cache" else "features")
     m = h.config.metrics
     click.echo(f"wrote {out}: layers {list(h.config.layers)}, {h.config.pooling}, "
                f"dev macro-F1 {m['dev_macro_f1']:.3f}, accuracy {m['dev_accuracy']:.3f}")

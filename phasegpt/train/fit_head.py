@@ -47,6 +47,7 @@ class FitConfig:
     mlp_lr: float = 1e-3                    # Adam learning rate for the MLP
     mlp_l2: float = 1e-3                    # L2 for the MLP (early stopping does most of its regularising)
     tune_thresholds: bool = True            # fit per-class offsets on dev
+    frr_budget: float | None = 0.03         # thresholds keep false refusals of dev everyday requests within this
     seed: int = 0
 
 
@@ -279,18 +280,32 @@ def calibrate(logits: np.ndarray, y: np.ndarray) -> float:
     return float(min(fine, key=nll))
 
 
-def tune_thresholds(probs: np.ndarray, y: np.ndarray, rounds: int = 2) -> np.ndarray:
-    """Per-class offsets subtracted from probs before argmax, by coordinate search on macro-F1."""
+def tune_thresholds(probs: np.ndarray, y: np.ndarray, rounds: int = 2, *, everyday: np.ndarray | None = None,
+                    budget: float | None = None) -> np.ndarray:
+    """Per-class offsets subtracted from probs before argmax, by coordinate search on dev macro-F1.
+
+    With ``everyday`` (a mask of dev rows that are everyday requests, all labelled answer) and a
+    ``budget``, the search maximises macro-F1 minus a steep penalty for refusing more than
+    ``budget`` of those rows: false refusals are the failure users notice first, so the
+    operating point is chosen to keep them within the budget when it can.
+    """
+    def score(t: np.ndarray) -> float:
+        pred = (probs - t).argmax(axis=1)
+        f1 = macro_f1(y, pred)
+        if everyday is None or budget is None or not everyday.any():
+            return f1
+        return f1 - 10.0 * max(0.0, float(np.mean(pred[everyday] != LABELS.index("answer"))) - budget)
+
     t = np.zeros(probs.shape[1])
-    grid = np.linspace(-0.3, 0.3, 25)
+    grid = np.linspace(-0.3, 0.6, 37)
     for _ in range(rounds):
         for k in range(probs.shape[1] - 1):  # "answer" stays the reference at 0
             scores = []
             for g in grid:
                 t2 = t.copy()
                 t2[k] = g
-                scores.append(macro_f1(y, (probs - t2).argmax(axis=1)))
-            t[k] = grid[int(np.argmax(scores))] if max(scores) > macro_f1(y, (probs - t).argmax(axis=1)) else t[k]
+                scores.append(score(t2))
+            t[k] = grid[int(np.argmax(scores))] if max(scores) > score(t) else t[k]
     return t
 
 
@@ -332,7 +347,8 @@ def head_ood(arrays: dict[str, np.ndarray], xtr: np.ndarray, xdv: np.ndarray, se
 
 
 def fit_head(train: np.ndarray, ytr: np.ndarray, dev: np.ndarray, ydv: np.ndarray, *, layers: list[int],
-             cfg: FitConfig = FitConfig(), identity: dict[str, Any], log=lambda s: None) -> Head:
+             cfg: FitConfig = FitConfig(), identity: dict[str, Any], log=lambda s: None,
+             everyday: np.ndarray | None = None) -> Head:
     """Sweep, fit, calibrate and threshold a head on features from ``features.extract``.
 
     Args:
@@ -343,6 +359,8 @@ def fit_head(train: np.ndarray, ytr: np.ndarray, dev: np.ndarray, ydv: np.ndarra
         identity: HeadConfig fields naming the base (base_model, base_fingerprint,
             adapter_sha256, hidden_size) and the training record.
         log: called with progress lines.
+        everyday: mask of dev rows that are everyday requests (``evaluate.EVERYDAY`` sources),
+            whose false refusals the thresholds keep within ``cfg.frr_budget``.
     """
     layer_idx, pooling, table = sweep(train, ytr, dev, ydv, cfg, log)
     xtr, xdv = select(train, layer_idx, pooling), select(dev, layer_idx, pooling)
@@ -366,7 +384,8 @@ def fit_head(train: np.ndarray, ytr: np.ndarray, dev: np.ndarray, ydv: np.ndarra
     dev_logits = _logits(arrays, xdv)
     temperature = calibrate(dev_logits, ydv)
     probs = _softmax(dev_logits, temperature)
-    offsets = tune_thresholds(probs, ydv) if cfg.tune_thresholds else np.zeros(len(LABELS))
+    offsets = tune_thresholds(probs, ydv, everyday=everyday, budget=cfg.frr_budget) if cfg.tune_thresholds \
+        else np.zeros(len(LABELS))
     pred = (probs - offsets).argmax(axis=1)
     metrics = {"dev_macro_f1": macro_f1(ydv, pred), "dev_accuracy": float(np.mean(pred == ydv)),
                "dev_macro_f1_argmax": macro_f1(ydv, probs.argmax(axis=1)),

@@ -11,11 +11,18 @@ prefill ``classify`` uses, and kept in ``$PHASEGPT_HOME/states/<key>/``:
 The folder's key is the model fingerprint, adapter, template, system prompt and layers, so
 another base or template never reads these states. Extraction is resumable: rows are
 appended to the data files and the index is rewritten atomically every few minutes and at
-the end; on open, data past the last index (an interrupted append) is cut off.
+the end; a writer cuts off data past the last index (an interrupted append) when it opens.
+
+One process writes at a time: a writer holds an exclusive lock (``lock`` in the folder) while
+it is open, and a second writer is refused. Readers take no lock and never change the files:
+they see the rows of the last index, so they may read while a writer appends. (Before the lock,
+a reader that opened the cache during an extraction cut off the writer's unindexed tail, and the
+writer's later rows were indexed at offsets their data did not have: 17% of one cache's rows.)
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -43,28 +50,44 @@ def cache_dir(model, layers: Sequence[int]) -> Path:
 class StateCache:
     """The on-disk per-token states of one model at some layers (see the module docstring)."""
 
-    def __init__(self, folder: str | Path, layers: Sequence[int], hidden: int):
+    def __init__(self, folder: str | Path, layers: Sequence[int], hidden: int, *, write: bool = False):
         self.folder = Path(folder)
         self.layers = sorted(layers)
         self.hidden = hidden
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self._files = {}
+        self._views: dict[int, np.memmap] = {}
+        self._lock = None
+        if write:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._lock = open(self.folder / "lock", "a")
+            try:
+                fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self._lock.close()
+                raise RuntimeError(f"another process is writing states into {self.folder}; wait for it to "
+                                   "finish, or give this run its own PHASEGPT_HOME") from None
         index = self.folder / "index.json"
         self.rows: dict[str, tuple[int, int, int, int]] = {}
         if index.is_file():
             meta = json.loads(index.read_text())
             if meta["layers"] != self.layers or meta["hidden"] != hidden:
+                self._unlock()
                 raise ValueError(f"{self.folder} holds states of layers {meta['layers']} (hidden {meta['hidden']}), "
                                  f"not {self.layers} (hidden {hidden}); delete it or pass those layers")
             self.rows = {k: tuple(v) for k, v in meta["rows"].items()}
         self.end = max((o + n for o, n, _, _ in self.rows.values()), default=0)
-        self._files = {}
-        for layer in self.layers:
-            path = self._path(layer)
-            with open(path, "ab") as f:  # cut off what an interrupted run appended after its last index
-                f.truncate(self.end * hidden * 2)
-            self._files[layer] = open(path, "ab")
-        self._views: dict[int, np.memmap] = {}
+        if write:
+            for layer in self.layers:
+                path = self._path(layer)
+                with open(path, "ab") as f:  # cut off what an interrupted run appended after its last index
+                    f.truncate(self.end * hidden * 2)
+                self._files[layer] = open(path, "ab")
         self._saved = time.monotonic()
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing the file releases the lock
+            self._lock = None
 
     def _path(self, layer: int) -> Path:
         return self.folder / f"layer{layer}.f16"
@@ -74,8 +97,12 @@ class StateCache:
 
     def append(self, key: str, states: dict[int, np.ndarray], span: tuple[int, int]) -> None:
         """Add one row: ``states`` {layer: (T, hidden)} and its (pre, post) span."""
+        if not self._files:
+            raise RuntimeError("this StateCache was opened for reading; open it with write=True to add rows")
         n = len(next(iter(states.values())))
         for layer in self.layers:
+            if self._files[layer].tell() != self.end * self.hidden * 2:  # someone else changed the file
+                raise RuntimeError(f"{self._path(layer)} changed under this writer; delete {self.folder} and extract again")
             self._files[layer].write(np.ascontiguousarray(states[layer], dtype=np.float16).tobytes())
         self.rows[key] = (self.end, n, int(span[0]), int(span[1]))
         self.end += n
@@ -84,6 +111,8 @@ class StateCache:
 
     def save(self) -> None:
         """Flush the data files, then rewrite the index atomically (the checkpoint)."""
+        if not self._files:
+            raise RuntimeError("this StateCache was opened for reading; open it with write=True to save rows")
         for f in self._files.values():
             f.flush()
             os.fsync(f.fileno())
@@ -95,9 +124,12 @@ class StateCache:
         self._saved = time.monotonic()
 
     def close(self) -> None:
-        self.save()
+        if self._files:
+            self.save()
         for f in self._files.values():
             f.close()
+        self._files = {}
+        self._unlock()
 
     def view(self, layer: int) -> np.memmap:
         """All saved positions of ``layer``, (positions, hidden) float16, memory-mapped."""
@@ -126,10 +158,11 @@ def extract_states(model, examples: Sequence, layers: Sequence[int], *, batch_si
     """
     import click
 
-    cache = StateCache(cache_dir(model, layers), layers, int(model.loaded.config["hidden_size"]))
+    cache = StateCache(cache_dir(model, layers), layers, int(model.loaded.config["hidden_size"]), write=True)
     todo = list({e.key: e for e in examples if e.key not in cache}.items())
     if not todo:
-        return cache
+        cache.close()
+        return StateCache(cache.folder, layers, cache.hidden)
     requests = [model.prepare(e.request, e.context) for _, e in todo]
     bar = click.progressbar(length=sum(len(r.ids) for r in requests), label=f"states of {len(todo)} prompts (tokens)",
                             file=sys.stderr) if progress else None
@@ -193,3 +226,17 @@ def head_probs(head, cache: StateCache, examples: Sequence, *, batch_tokens: int
             ood[idx] = o
         start = end
     return probs, ood
+
+
+def pooled_features(cache: StateCache, examples: Sequence, layers: Sequence[int]) -> np.ndarray:
+    """Pooled features (N, L, 2, D) float32 ([last, mean] per layer, as ``features.extract`` gives)
+    of cached rows: a linear or MLP head can be fitted from the per-token cache without running
+    the base model again. Equal to the computed features to the cache's float16 rounding."""
+    out = np.zeros((len(examples), len(layers), 2, cache.hidden), np.float32)
+    for i, e in enumerate(examples):
+        offset, n, pre, post = cache.rows[e.key]
+        end = max(n - post, pre + 1)  # the user's own tokens, at least one (as head.pool)
+        for j, layer in enumerate(layers):
+            h = cache.view(layer)[offset:offset + n].astype(np.float32)
+            out[i, j, 0], out[i, j, 1] = h[n - 1], h[pre:end].mean(axis=0)
+    return out

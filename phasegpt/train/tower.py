@@ -3,11 +3,13 @@
 1. states   the residual stream after block K for every training and dev prompt, from the
             on-disk cache (``states.extract_states``), or computed batch by batch from the base
             model when the cache would not fit (``LiveStates``; Mistral-7B on a laptop);
-2. fit      class-weighted cross-entropy through the tower (mlx-lm's LoRA layers), the final
+2. warm     an MLP fitted (as ``fit_head`` fits one) on the untrained tower's features, the
+            base's own blocks K+1..K+M: the fine-tuning starts from the frozen-feature head;
+3. fit      class-weighted cross-entropy through the tower (mlx-lm's LoRA layers), the final
             norm, last+mean pooling and a one-hidden-layer MLP; Adam for the LoRA arrays and
             for the head (its own learning rate), warm-up then cosine decay; dev macro-F1 every
             ``eval_every`` steps, the best weights kept, early stopping on ``patience``;
-3. calibrate a temperature on dev, per-class thresholds on dev (as ``fit_head`` does), and the
+4. calibrate a temperature on dev, per-class thresholds on dev (as ``fit_head`` does), and the
             OOD statistic: the MLP's pre-activations on training rows (mean, whitening) and
             the 99th percentile of their distance on dev.
 
@@ -38,12 +40,15 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
+from phasegpt.evaluate import EVERYDAY
 from phasegpt.head import TOWER_PREFIX, Head, HeadConfig, pool
 from phasegpt.paths import user_dir
 from phasegpt.tower import ALL_KEYS, Tower, TowerConfig
 from phasegpt.train.fit_head import (
     OOD_ROWS,
+    FitConfig,
     _balance,
+    _fit_mlp,
     _softmax,
     calibrate,
     distances,
@@ -54,6 +59,10 @@ from phasegpt.train.fit_head import (
 from phasegpt.verdict import LABELS
 
 CHECKPOINT_EVERY = 300.0  # seconds between resumable checkpoints
+WARM_ROWS = 4000          # training (and dev) rows the warm-start MLP is fitted on
+# Batches group prompts of similar length from MIX * max_batch random ones: sorting whole epochs
+# made every batch one source (prompts of one length) and the dev score swung with each step.
+MIX = 4
 
 
 @dataclass(frozen=True)
@@ -76,6 +85,7 @@ class TowerFit:
     patience: int = 5                   # dev checks without a better macro-F1 before stopping
     seed: int = 0
     tune_thresholds: bool = True        # per-class offsets on dev
+    frr_budget: float | None = 0.03     # thresholds keep false refusals of dev everyday requests within this
 
     def tower_config(self) -> TowerConfig:
         return TowerConfig(tap=self.tap, depth=self.depth, rank=self.rank, scale=self.scale, keys=tuple(self.keys))
@@ -121,8 +131,8 @@ def batches(lengths: np.ndarray, batch_tokens: int, max_batch: int, rng: np.rand
     """One epoch of shuffled batches of similar length (at most ``batch_tokens`` padded positions)."""
     order = rng.permutation(len(lengths))
     out: list[list[int]] = []
-    for start in range(0, len(order), 64 * max_batch):  # sort within chunks: little padding, still shuffled
-        chunk = sorted(order[start:start + 64 * max_batch].tolist(), key=lambda i: lengths[i])
+    for start in range(0, len(order), MIX * max_batch):  # sort within small chunks: less padding, still mixed
+        chunk = sorted(order[start:start + MIX * max_batch].tolist(), key=lambda i: lengths[i])
         batch: list[int] = []
         for i in chunk:
             if batch and (len(batch) == max_batch or (len(batch) + 1) * lengths[i] > batch_tokens):
@@ -165,11 +175,24 @@ class TowerHead(nn.Module):
         return arrays
 
 
-def _standardisation(tower: Tower, source, idx: Sequence[int], batch_tokens: int) -> tuple[mx.array, mx.array]:
-    feats = [pool({0: tower(h)}, (0,), "last+mean", n, s)
-             for h, n, s in (source.batch(b) for b in _chunks(source.lengths, idx, batch_tokens))]
-    f = np.concatenate([np.array(x) for x in feats])
-    return mx.array(f.mean(axis=0)), mx.array(f.std(axis=0) + 1e-3)
+def _pooled(tower: Tower, source, idx: Sequence[int], batch_tokens: int) -> np.ndarray:
+    """Pooled last+mean features (len(idx), 2D) of the tower's output for rows ``idx``, in order."""
+    feats: dict[int, np.ndarray] = {}
+    for b in _chunks(source.lengths, idx, batch_tokens):
+        h, n, s = source.batch(b)
+        feats.update(zip(b, np.array(pool({0: tower(h)}, (0,), "last+mean", n, s))))
+    return np.stack([feats[i] for i in idx])
+
+
+def _warm_start(net_tower: Tower, src_tr, src_dv, ytr, ydv, fit: TowerFit, rng) -> dict[str, np.ndarray]:
+    """Standardisation and MLP fitted on the untrained tower's features (the base's own blocks):
+    probing first, then fine-tuning everything from there, converges in far fewer steps than
+    fine-tuning from a random head, and never starts below the frozen-feature head."""
+    sample = np.sort(rng.choice(len(ytr), min(len(ytr), WARM_ROWS), replace=False)).tolist()
+    dev = np.sort(rng.choice(len(ydv), min(len(ydv), WARM_ROWS), replace=False)).tolist()
+    xtr, xdv = _pooled(net_tower, src_tr, sample, fit.batch_tokens), _pooled(net_tower, src_dv, dev, fit.batch_tokens)
+    cfg = FitConfig(kind="mlp", mlp_hidden=fit.hidden, seed=fit.seed)
+    return _fit_mlp(xtr, ytr[sample], cfg, dev=(xdv, ydv[dev]))
 
 
 def _chunks(lengths: np.ndarray, idx: Sequence[int], batch_tokens: int) -> list[list[int]]:
@@ -230,9 +253,10 @@ def train_tower(model, train: Sequence, dev: Sequence, *, fit: TowerFit = TowerF
     mx.random.seed(fit.seed)
     tower = Tower(model.loaded.model, fit.tower_config())
     rng = np.random.default_rng(fit.seed)
-    sample = np.sort(rng.choice(len(train), min(len(train), 1024), replace=False)).tolist()
-    mean, std = _standardisation(tower, src_tr, sample, fit.batch_tokens)
-    net = TowerHead(tower, mean, std, fit.hidden)
+    warm = _warm_start(tower, src_tr, src_dv, ytr, ydv, fit, rng)
+    net = TowerHead(tower, mx.array(warm["mean"]), mx.array(warm["std"]), fit.hidden)
+    net.fc1.weight, net.fc1.bias = mx.array(warm["w1"].T), mx.array(warm["b1"])
+    net.out.weight, net.out.bias = mx.array(warm["w"].T), mx.array(warm["b"])
     _, weight = _balance(ytr)
     weight = mx.array(weight)
     per_epoch = len(batches(src_tr.lengths, fit.batch_tokens, fit.max_batch, np.random.default_rng(0)))
@@ -276,6 +300,10 @@ def train_tower(model, train: Sequence, dev: Sequence, *, fit: TowerFit = TowerF
     try:
         if bar is not None:
             bar.update(state["step"])
+        if state["step"] == 0:  # the warm-started head alone: what fine-tuning has to beat
+            state["best_f1"] = evaluate()
+            state["history"].append({"step": 0, "loss": None, "dev_macro_f1": state["best_f1"]})
+            log(f"  step 0/{total}: dev macro-F1 {state['best_f1']:.3f} (the frozen-feature head)")
         epoch = state["step"] // per_epoch
         while state["step"] < total and state["bad"] < fit.patience:
             order = batches(src_tr.lengths, fit.batch_tokens, fit.max_batch, np.random.default_rng([fit.seed, epoch]))
@@ -311,15 +339,17 @@ def train_tower(model, train: Sequence, dev: Sequence, *, fit: TowerFit = TowerF
             bar.render_finish()
     net.update(tree_unflatten(list(best.items())))
     seconds = time.perf_counter() - t0
-    return _finish(net, src_tr, src_dv, ytr, ydv, fit, identity or {}, state, seconds, log, model)
+    everyday = np.array([e.source in EVERYDAY and e.label == "answer" for e in dev])
+    return _finish(net, src_tr, src_dv, ytr, ydv, fit, identity or {}, state, seconds, log, model, everyday)
 
 
-def _finish(net, src_tr, src_dv, ytr, ydv, fit, identity, state, seconds, log, model) -> Head:
+def _finish(net, src_tr, src_dv, ytr, ydv, fit, identity, state, seconds, log, model, everyday) -> Head:
     """Temperature, thresholds and the OOD statistic on the best weights; the Head."""
     dev_logits = outputs(net, src_dv, batch_tokens=2 * fit.batch_tokens)
     temperature = calibrate(dev_logits, ydv)
     probs = _softmax(dev_logits, temperature)
-    offsets = tune_thresholds(probs, ydv) if fit.tune_thresholds else np.zeros(len(LABELS))
+    offsets = tune_thresholds(probs, ydv, everyday=everyday, budget=fit.frr_budget) if fit.tune_thresholds \
+        else np.zeros(len(LABELS))
     pred = (probs - offsets).argmax(axis=1)
     rows = np.sort(np.random.default_rng(fit.seed).choice(len(ytr), min(len(ytr), OOD_ROWS), replace=False))
     mean, whiten = ood_statistic(outputs(net, src_tr, rows, what="pre"))

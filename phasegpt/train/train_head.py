@@ -12,13 +12,14 @@ from typing import Any
 
 import numpy as np
 
+from phasegpt.evaluate import EVERYDAY
 from phasegpt.head import Head
 from phasegpt.paths import user_dir
 from phasegpt.tap import num_layers
 from phasegpt.train.data import Example, check_labels, split
 from phasegpt.train.features import extract
 from phasegpt.train.fit_head import FitConfig, fit_head
-from phasegpt.train.states import extract_states
+from phasegpt.train.states import extract_states, pooled_features
 from phasegpt.train.tower import CachedStates, LiveStates, TowerFit, sweep_towers, train_tower
 from phasegpt.verdict import LABELS
 
@@ -74,7 +75,7 @@ def default_candidates(n: int) -> list[int]:
 def train_head(model: Any, examples: Sequence[Example], out: str | Path, *, dev: Sequence[Example] | None = None,
                candidates: Sequence[int] | None = None, fit: FitConfig = FitConfig(), batch_size: int = 16,
                use_cache: bool = True, progress: bool = True, training: dict[str, Any] | None = None,
-               max_tokens: int | None = None) -> Head:
+               max_tokens: int | None = None, states: str = "features") -> Head:
     """Train a refusal-reason head for ``model`` and write it to ``out``.
 
     Args:
@@ -92,6 +93,10 @@ def train_head(model: Any, examples: Sequence[Example], out: str | Path, *, dev:
         training: free-form record of how the head was made (data files, command), kept in head.json.
         max_tokens: skip training/dev prompts longer than this (attention on CPU grows with the
             square of the length; the longest RAG prompts dominate extraction time).
+        states: ``features`` extracts pooled features (cached in ``$PHASEGPT_HOME/features``);
+            ``cache`` pools them from the per-token state cache of the candidate layers
+            (``states.extract_states``, filling in missing rows), so heads and towers trained
+            on the same rows share one extraction.
 
     Returns:
         The trained head (already saved).
@@ -107,16 +112,23 @@ def train_head(model: Any, examples: Sequence[Example], out: str | Path, *, dev:
         cands = sorted({i % n for i in fit.layers})
         fit = FitConfig(**{**fit.__dict__, "layers": tuple(range(len(cands)))})
     t0 = time.perf_counter()
-    xtr = extract(model, train, cands, batch_size=batch_size, use_cache=use_cache, progress=progress)
-    xdv = extract(model, dev, cands, batch_size=batch_size, use_cache=use_cache, progress=progress)
+    if states == "cache":
+        cache = extract_states(model, train + dev, cands, batch_size=batch_size, progress=progress)
+        xtr, xdv = pooled_features(cache, train, cands), pooled_features(cache, dev, cands)
+    elif states == "features":
+        xtr = extract(model, train, cands, batch_size=batch_size, use_cache=use_cache, progress=progress)
+        xdv = extract(model, dev, cands, batch_size=batch_size, use_cache=use_cache, progress=progress)
+    else:
+        raise ValueError(f"states must be 'features' or 'cache' for a {fit.kind} head, got {states!r}")
     t1 = time.perf_counter()
     log(f"features: {len(train)} train + {len(dev)} dev prompts, layers {cands}, {t1 - t0:.1f}s")
     ytr = np.array([LABELS.index(e.label) for e in train])
     ydv = np.array([LABELS.index(e.label) for e in dev])
     identity = base_identity(model, {**(training or {}), "seed": fit.seed, "candidates": cands, "kind": fit.kind,
-                                     "skipped_too_long": skipped,
+                                     "skipped_too_long": skipped, "states": states,
                                      "feature_seconds": round(t1 - t0, 2)})
-    head = fit_head(xtr, ytr, xdv, ydv, layers=cands, cfg=fit, identity=identity, log=log)
+    everyday = np.array([e.source in EVERYDAY and e.label == "answer" for e in dev])
+    head = fit_head(xtr, ytr, xdv, ydv, layers=cands, cfg=fit, identity=identity, log=log, everyday=everyday)
     head.config.training["fit_seconds"] = round(time.perf_counter() - t1, 2)
     log(f"head: layers {list(head.config.layers)}, pooling {head.config.pooling}, "
         f"temperature {head.config.temperature:.2f}, dev macro-F1 {head.config.metrics['dev_macro_f1']:.3f}")
@@ -174,7 +186,7 @@ def train_tower_head(model: Any, examples: Sequence[Example], out: str | Path, *
         best, table = sweep_towers(model, train, dev, trials, source_for, log=log)
         fit = TowerFit(**{**asdict(fit), **{k: getattr(best, k) for k in ("tap", "depth", "rank", "scale", "keys")}})
     identity = base_identity(model, {**(training or {}), "seed": fit.seed, "kind": "tower", "states": states,
-                                     "skipped_too_long": skipped, "state_seconds": round(t1 - t0, 1)})
+                                     "skipped_too_long": skipped, "states": states, "state_seconds": round(t1 - t0, 1)})
     head = train_tower(model, train, dev, fit=fit, sources=(source_for(fit.tap, train), source_for(fit.tap, dev)),
                        identity=identity, progress=progress, log=log)
     head.config.metrics["sweep"] = table
