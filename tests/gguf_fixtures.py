@@ -37,6 +37,7 @@ SCALE_OFFSETS = {
     "Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,), "IQ4_NL": (0,),
     "IQ4_XS": (0,), "IQ2_XXS": (0,), "IQ2_XS": (0,), "IQ2_S": (0,), "IQ3_XXS": (0,), "IQ3_S": (0,),
     "IQ1_S": (0,), "TQ1_0": (52,), "TQ2_0": (64,),
+    "IQ1_M": (),  # its float16 scale is spread over the top nibbles of four uint16 at byte 48 (_random_blocks)
 }
 ALL_TYPES = QUANTIZABLE + tuple(SCALE_OFFSETS)
 
@@ -249,6 +250,10 @@ def _random_blocks(kind: str, shape: tuple[int, ...], std: float, rng: np.random
     def set_scale(scale: float) -> None:
         for at in SCALE_OFFSETS[kind]:
             blocks[..., at : at + 2] = np.frombuffer(np.float16(scale).tobytes(), np.uint8)
+        if kind == "IQ1_M":
+            bits, scales = int(np.float16(scale).view(np.uint16)), blocks[..., 48:56].view(np.uint16)
+            for i in range(4):
+                scales[..., i] = (scales[..., i] & 0x0FFF) | (((bits >> (4 * i)) & 0xF) << 12)
 
     set_scale(1.0)
     set_scale(std / float(dequantize(raw, ggml).std()))

@@ -37,7 +37,7 @@ EXACT_GROUP = 32
 # so the 1.5-2 bit I-quants and ternary types take 2 (bigger than their file, never smaller).
 REQUANT_BITS = {
     "Q2_K": 2, "Q3_K": 3, "Q4_K": 4, "Q5_K": 5, "Q6_K": 6,
-    "IQ1_S": 2, "IQ2_XXS": 2, "IQ2_XS": 2, "IQ2_S": 2, "TQ1_0": 2, "TQ2_0": 2,
+    "IQ1_S": 2, "IQ1_M": 2, "IQ2_XXS": 2, "IQ2_XS": 2, "IQ2_S": 2, "TQ1_0": 2, "TQ2_0": 2,
     "IQ3_XXS": 3, "IQ3_S": 3, "IQ4_NL": 4, "IQ4_XS": 4,
 }
 REQUANT_GROUP = 64
