@@ -123,17 +123,26 @@ def load(kind: str, data: np.ndarray, shape: tuple[int, ...], how: Plan, *,
         stored = {"weight": mx.array(_floats(kind, data)).astype(getattr(mx, FLOATS[kind])).reshape(shape)}
         params = {"weight": stored["weight"].astype(getattr(mx, how.dtype)) if not how.quantized else stored["weight"]}
     elif kind in EXACT:
-        parts = [exact_affine(kind, rows[start : start + chunks.step]) for start in chunks]
-        stored = {key: mx.array(np.concatenate([p[i] for p in parts])).reshape(*shape[:-1], -1)
+        triples, halves = [], []
+        for start in chunks:
+            triple = [mx.array(a) for a in exact_affine(kind, rows[start : start + chunks.step])]
+            if not how.quantized:
+                # Dequantized a chunk at a time: MLX's CPU dequantize takes several times its output in
+                # temporaries (2.4 GB for Gemma 3's 640 MB embedding at once). It computes in the scales'
+                # float16, as mlx-lm's dequantize_model did on the arrays mx.load made of these types:
+                # the numbers stay exactly what they were.
+                halves.append(mx.dequantize(*triple, group_size=EXACT_GROUP, bits=EXACT[kind][0]))
+                mx.eval(halves[-1])
+            triples.append(triple)
+        stored = {key: mx.concatenate([t[i] for t in triples]).reshape(*shape[:-1], -1)
                   for i, key in enumerate(("weight", "scales", "biases"))}
-        if how.quantized:
-            params = stored
-        else:
-            # mx.dequantize computes in the scales' float16, as mlx-lm's dequantize_model did on
-            # the arrays mx.load made of these types: the numbers stay exactly what they were.
-            values = mx.dequantize(stored["weight"], stored["scales"], stored["biases"], group_size=EXACT_GROUP,
-                                   bits=EXACT[kind][0])
-            params = {"weight": values.astype(getattr(mx, how.dtype))}
+        params = stored
+        if not how.quantized:
+            half = mx.concatenate(halves).reshape(shape)
+            mx.eval(stored, half)
+            del triples, halves
+            mx.clear_cache()  # hand the chunks back before the cast needs room for its output
+            params = {"weight": half.astype(getattr(mx, how.dtype))}
     else:
         parts = [_requant_rows(kind, rows[start : start + chunks.step], how) for start in chunks]
         params = {key: mx.concatenate([p[key] for p in parts]).reshape(*shape[:-1], -1) for key in parts[0]}
