@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from gguf import GGUFReader
 from mlx_lm.generate import generate_step
+from transformers import AutoConfig
 
 from phasegpt import loading
 from phasegpt.errors import ModelLoadError
@@ -117,7 +118,9 @@ def test_architecture_matches_mlx_lm(tmp_path, arch, kind):
     reference = fx.reference_model(tmp_path / "ref", family, decoded)
     assert type(loaded.model) is type(reference)  # mlx-lm's own class for the family
     for key, value in fx.hf_config(family).items():
-        assert loaded.config[key] == value, key
+        assert loaded.config[key] == value and type(loaded.config[key]) is type(value), key
+    # A folder saved with this config must load elsewhere too: transformers' config classes check types.
+    AutoConfig.for_model(**loaded.config)
     expected = logits(reference)
     assert np.abs(logits(loaded.model) - expected).max() <= 1e-5 * np.abs(expected).max()
     assert greedy(loaded.model) == greedy(reference)

@@ -193,11 +193,12 @@ def _qwen3(m: Metadata) -> dict[str, Any]:
     return config
 
 
-def _attention_scalar(m: Metadata, config: dict[str, Any], layers_27b: int) -> float:
-    """llama.cpp's Gemma attention scale: by hidden / heads for the 27B models, by head_dim otherwise."""
+def _attention_scalar(m: Metadata, config: dict[str, Any], layers_27b: int) -> int:
+    """llama.cpp's Gemma attention scale: by hidden / heads for the 27B models, by head_dim otherwise
+    (an int, as in Hugging Face's config, whose class refuses a float there)."""
     if config["num_hidden_layers"] == layers_27b:
-        return float(config["hidden_size"] // config["num_attention_heads"])
-    return float(config["head_dim"])
+        return config["hidden_size"] // config["num_attention_heads"]
+    return config["head_dim"]
 
 
 def _gemma2(m: Metadata) -> dict[str, Any]:
