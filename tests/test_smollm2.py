@@ -95,3 +95,33 @@ def test_inference_script_json_on_default_model():
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
     assert out["verdict"]["label"] == "answer" and "Paris" in out["text"]
+
+
+def test_shipped_head_does_not_refuse_everyday_russian(default_model):
+    # the two Russian prompts the verdict issue names; neither is in the training prompts
+    chat = ["Привет, как дела?", "Как приготовить борщ?"]
+    assert [v.label for v in default_model.classify(chat)] == ["answer"] * len(chat)
+
+
+def test_unfamiliar_script_is_not_a_confident_refusal(default_model):
+    # Amharic and Tamil greetings: scripts the 135M model hardly reads and the head never saw
+    far = ["ሰላም! እንዴት ነህ?", "வணக்கம், எப்படி இருக்கிறீர்கள்?"]
+    for v in default_model.classify(far):
+        assert v.ood is not None and v.ood > 0.5  # the statistic is there, and these are unusual
+        assert not (v.label == "safety" and v.confidence > 0.5), (v.label, v.confidence)
+
+
+def test_tower_head_leaves_real_generation_untouched(smollm2, tmp_path):
+    from phasegpt.head import Head
+    from tests.test_tower import random_tower_head
+    head = Head.load(random_tower_head(smollm2, tmp_path / "tower", tap=13, depth=2, rank=4))
+    model = phasegpt.Model(smollm2.loaded, head)
+    prompt = "Give me three tips for sleeping better."
+    chunks = list(model.stream(prompt, max_tokens=16))
+    ref = []
+    for tok, _ in generate_step(mx.array(model.encode(prompt)), smollm2.loaded.model, max_tokens=16):
+        ref.append(tok)
+        if tok in smollm2.tokenizer.eos_token_ids:
+            break
+    assert [c.token for c in chunks if c.token is not None] == ref
+    assert chunks[0].verdict.layers == (13,) and chunks[0].verdict.source == "head"

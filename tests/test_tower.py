@@ -237,3 +237,42 @@ def test_state_cache_has_one_writer_and_readers_change_nothing(base, tmp_path):
         ids = base.prepare(e.request).ids
         live, _ = base.hidden_states([ids], [0])
         assert np.abs(after.get(e.key, 0)[0].astype(np.float32) - np.array(live[0][0])).max() < 0.05
+
+
+def test_pooled_features_from_the_state_cache_equal_extracted_ones(base, tiny_data, tmp_path):
+    from phasegpt.train.features import extract
+    from phasegpt.train.states import pooled_features
+    from phasegpt.train.train_head import train_head
+    train, dev = tiny_data
+    rows = train[:8] + [Example("hello there, how are you today?", "answer", history=[
+        {"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello!"}])]
+    cache = extract_states(base, rows, [0, 1], progress=False)
+    got = pooled_features(cache, rows, [0, 1])
+    want = extract(base, rows, [0, 1], use_cache=False, progress=False)
+    assert got.shape == want.shape and np.abs(got - want).max() < 0.02
+    head = train_head(base, train + dev, tmp_path / "h", candidates=[0, 1], progress=False, states="cache")
+    assert head.config.training["states"] == "cache" and head.config.metrics["dev_macro_f1"] > 0.5
+
+
+def test_eval_reads_rows_the_state_cache_holds(base, tiny_data, tmp_path):
+    from phasegpt.train.features import predict
+    from phasegpt.train.train_head import train_head
+    train, dev = tiny_data
+    head = train_head(base, train + dev, tmp_path / "h", candidates=[0, 1], progress=False, use_cache=False)
+    model = phasegpt.Model(base.loaded, head)
+    plain, _, _ = predict(model, dev, use_cache=False, progress=False)
+    extract_states(base, dev[:5], [0, 1], progress=False)  # some rows cached per token, the rest not
+    mixed, _, _ = predict(model, dev, progress=False)
+    assert np.abs(plain - mixed).max() < 0.02
+
+
+def test_tower_reuses_a_state_cache_of_more_layers(base, tiny_data, tmp_path):
+    from phasegpt.train.states import cache_dir
+    from phasegpt.train.train_head import train_tower_head
+    train, dev = tiny_data
+    fit = TowerFit(**{**FIT.__dict__, "tap": 1, "depth": 1, "epochs": 1})
+    assert not cache_dir(base, [1]).exists()
+    head = train_tower_head(base, train + dev, tmp_path / "t", fit=fit, states="cache", cache_layers=[0, 1],
+                            progress=False)
+    assert head.config.kind == "tower" and (cache_dir(base, [0, 1]) / "index.json").is_file()
+    assert not cache_dir(base, [1]).exists()  # the tap's states came from the two-layer cache

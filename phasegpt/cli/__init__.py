@@ -1,4 +1,4 @@
-"""The ``phasegpt`` command: run, classify, serve, train-head, train-adapter, eval, audit, doctor.
+"""The ``phasegpt`` command: run, classify, serve, train-head, train-adapter, eval, audit, doctor, inspect.
 
 Every command is a thin layer over the Python API. Library errors become one-line
 messages with a non-zero exit (``--debug`` shows the traceback instead).
@@ -50,11 +50,12 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 def _attach() -> None:
     from phasegpt.cli.audit import audit
+    from phasegpt.cli.inspect import inspect
     from phasegpt.cli.run import classify, doctor, run
     from phasegpt.cli.serve import serve
     from phasegpt.cli.train import eval_, train_adapter, train_head
 
-    for cmd in (run, classify, serve, train_head, train_adapter, eval_, audit, doctor):
+    for cmd in (run, classify, serve, train_head, train_adapter, eval_, audit, doctor, inspect):
         cli.add_command(cmd)
 
 

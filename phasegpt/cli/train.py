@@ -31,7 +31,8 @@ def _examples(paths: tuple[Path, ...]):
 @click.option("--data", "-d", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help=DATA_HELP)
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False, path_type=Path), help="Head folder to write.")
 @click.option("--layers", help="Comma-separated layers to use (default: sweep candidates on dev).")
-@click.option("--candidates", help="Comma-separated candidate layers for the sweep.")
+@click.option("--candidates", help="Comma-separated candidate layers for the sweep (tower with --states cache: more layers "
+              "to keep in the state cache, so one cache serves MLP heads and towers alike).")
 @click.option("--pooling", type=click.Choice(["last", "mean", "last+mean"]), help="Fixed pooling (default: swept).")
 @click.option("--kind", default="linear", show_default=True, type=click.Choice(["linear", "mlp", "tower"]),
               help="linear: softmax regression solved with L-BFGS; mlp: one hidden layer of 256; tower: the next "
@@ -49,7 +50,9 @@ def _examples(paths: tuple[Path, ...]):
 @click.option("--sweep", "sweep_spec", help="tower: trials to sweep first, ';'-separated 'key=value,...' "
               "(e.g. 'tap=9;tap=13;tap=13,depth=2'), each trained for one epoch on 3,000 rows; the best is trained.")
 @click.option("--states", default="auto", show_default=True, type=click.Choice(["auto", "cache", "live"]),
-              help="tower: cache the tapped states on disk (float16) or compute them live every batch.")
+              help="tower: cache the tapped states on disk (float16) or compute them live every batch. "
+              "linear/mlp: 'cache' pools the features from that per-token cache (shared with towers); "
+              "otherwise pooled features are extracted and cached.")
 def train_head(model_, adapter, head, dtype, data, out, layers, candidates, pooling, kind, seed, batch_size, cap,
                max_tokens, no_cache, tap, depth, rank, epochs, sweep_spec, states):
     """Train a refusal-reason head for a base model (and adapter) on labelled prompts.
@@ -81,7 +84,8 @@ def train_head(model_, adapter, head, dtype, data, out, layers, candidates, pool
         given = {k: v for k, v in (("tap", tap), ("depth", depth), ("rank", rank), ("epochs", epochs)) if v is not None}
         with rank0_reports():
             h = train_tower_head(model, examples, out, fit=TowerFit(**given, seed=seed), sweep=_trials(sweep_spec),
-                                 states=states, batch_size=batch_size, training=record, max_tokens=max_tokens)
+                                 states=states, batch_size=batch_size, training=record, max_tokens=max_tokens,
+                                 cache_layers=_ints(candidates) or ())
         m = h.config.metrics
         click.echo(f"wrote {out}: tower from block {h.config.tower['tap']} over {h.config.tower['depth']} blocks, "
                    f"rank {h.config.tower['rank']}, dev macro-F1 {m['dev_macro_f1']:.3f}, accuracy {m['dev_accuracy']:.3f}")
@@ -89,7 +93,8 @@ def train_head(model_, adapter, head, dtype, data, out, layers, candidates, pool
     fit = FitConfig(layers=_ints(layers), pooling=pooling, kind=kind, seed=seed)
     with rank0_reports():
         h = run(model, examples, out, candidates=_ints(candidates), fit=fit, batch_size=batch_size,
-                use_cache=not no_cache, training=record, max_tokens=max_tokens)
+                use_cache=not no_cache, training=record, max_tokens=max_tokens,
+                states="cache" if states == "cache" else "features")
     if h is None:  # another rank than 0 of an mlx.launch job: rank 0 writes the head
         return
     m = h.config.metrics

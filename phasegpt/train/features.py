@@ -186,8 +186,10 @@ def predict(model, examples: Sequence[Example], *, batch_size: int = 16, use_cac
     A linear or MLP head reads the layers it was swept over from the feature cache (the same
     batched prefill and pooling as ``classify``, so the same numbers to float rounding):
     re-scoring a retrained head costs nothing. A tower head goes through ``Model.classify``
-    itself (its tower must run on each prompt's states). Under ``mlx.launch`` every process makes
-    the same call, each computes a share, and every one returns the results for all examples.
+    itself (its tower must run on each prompt's states). Rows the per-token state cache of
+    those layers holds (``train-head --states cache``) are pooled from it (float16 rounding).
+    Under ``mlx.launch`` every process makes the same call, each computes a share, and every
+    one returns the results for all examples.
     """
     head = model.head
     if head.config.kind == "tower":
@@ -195,12 +197,33 @@ def predict(model, examples: Sequence[Example], *, batch_size: int = 16, use_cac
     layers = list(head.config.training.get("candidates") or head.config.layers)
     if not set(head.config.layers) <= set(layers):
         layers = list(head.config.layers)
-    feats = extract(model, examples, layers, batch_size=batch_size, use_cache=use_cache, progress=progress)
+    feats = _features(model, examples, layers, batch_size, use_cache, progress)
     x = mx.array(select(feats, tuple(layers.index(i) for i in head.config.layers), head.config.pooling))
     ood = head.ood(x)
     ood = None if ood is None else np.array(ood)
     probs = head.adjust(np.array(head.probs(x)), ood)
     return probs, head.decide(probs), ood
+
+
+def _features(model, examples: Sequence[Example], layers: list[int], batch_size: int, use_cache: bool,
+              progress: bool) -> np.ndarray:
+    """``extract``'s features, taking the rows the state cache of ``layers`` holds from it."""
+    from phasegpt.train.states import StateCache, cache_dir, pooled_features
+
+    folder = cache_dir(model, layers)
+    if not use_cache or world().size > 1 or not (folder / "index.json").is_file():  # ranks must agree on the rows
+        return extract(model, examples, layers, batch_size=batch_size, use_cache=use_cache, progress=progress)
+    states = StateCache(folder, layers, int(model.loaded.config["hidden_size"]))
+    hit = [i for i, e in enumerate(examples) if e.key in states]
+    held = set(hit)
+    miss = [i for i in range(len(examples)) if i not in held]
+    feats = np.zeros((len(examples), len(layers), 2, states.hidden), np.float32)
+    if hit:
+        feats[hit] = pooled_features(states, [examples[i] for i in hit], sorted(layers))[:, [sorted(layers).index(l) for l in layers]]
+    if miss:
+        feats[miss] = extract(model, [examples[i] for i in miss], layers, batch_size=batch_size, use_cache=use_cache,
+                              progress=progress)
+    return feats
 
 
 def _classify_all(model, examples: Sequence[Example], batch_size: int,

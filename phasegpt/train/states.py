@@ -226,3 +226,17 @@ def head_probs(head, cache: StateCache, examples: Sequence, *, batch_tokens: int
             ood[idx] = o
         start = end
     return probs, ood
+
+
+def pooled_features(cache: StateCache, examples: Sequence, layers: Sequence[int]) -> np.ndarray:
+    """Pooled features (N, L, 2, D) float32 ([last, mean] per layer, as ``features.extract`` gives)
+    of cached rows: a linear or MLP head can be fitted from the per-token cache without running
+    the base model again. Equal to the computed features to the cache's float16 rounding."""
+    out = np.zeros((len(examples), len(layers), 2, cache.hidden), np.float32)
+    for i, e in enumerate(examples):
+        offset, n, pre, post = cache.rows[e.key]
+        end = max(n - post, pre + 1)  # the user's own tokens, at least one (as head.pool)
+        for j, layer in enumerate(layers):
+            h = cache.view(layer)[offset:offset + n].astype(np.float32)
+            out[i, j, 0], out[i, j, 1] = h[n - 1], h[pre:end].mean(axis=0)
+    return out

@@ -20,7 +20,7 @@ from phasegpt.tap import num_layers
 from phasegpt.train.data import Example, check_labels, split
 from phasegpt.train.features import extract
 from phasegpt.train.fit_head import FitConfig, fit_head
-from phasegpt.train.states import extract_states
+from phasegpt.train.states import extract_states, pooled_features
 from phasegpt.train.tower import CachedStates, LiveStates, TowerFit, sweep_towers, train_tower
 from phasegpt.verdict import LABELS
 
@@ -76,7 +76,7 @@ def default_candidates(n: int) -> list[int]:
 def train_head(model: Any, examples: Sequence[Example], out: str | Path, *, dev: Sequence[Example] | None = None,
                candidates: Sequence[int] | None = None, fit: FitConfig = FitConfig(), batch_size: int = 16,
                use_cache: bool = True, progress: bool = True, training: dict[str, Any] | None = None,
-               max_tokens: int | None = None) -> Head | None:
+               max_tokens: int | None = None, states: str = "features") -> Head | None:
     """Train a refusal-reason head for ``model`` and write it to ``out``.
 
     Under ``mlx.launch`` every process makes the same call: the ranks share the feature
@@ -97,6 +97,10 @@ def train_head(model: Any, examples: Sequence[Example], out: str | Path, *, dev:
         training: free-form record of how the head was made (data files, command), kept in head.json.
         max_tokens: skip training/dev prompts longer than this (attention on CPU grows with the
             square of the length; the longest RAG prompts dominate extraction time).
+        states: ``features`` extracts pooled features (cached in ``$PHASEGPT_HOME/features``);
+            ``cache`` pools them from the per-token state cache of the candidate layers
+            (``states.extract_states``, filling in missing rows), so heads and towers trained
+            on the same rows share one extraction.
 
     Returns:
         The trained head (already saved); None on the other ranks of an ``mlx.launch`` job.
@@ -115,8 +119,17 @@ def train_head(model: Any, examples: Sequence[Example], out: str | Path, *, dev:
         cands = sorted({i % n for i in fit.layers})
         fit = FitConfig(**{**fit.__dict__, "layers": tuple(range(len(cands)))})
     t0 = time.perf_counter()
-    xtr = extract(model, train, cands, batch_size=batch_size, use_cache=use_cache, progress=progress)
-    xdv = extract(model, dev, cands, batch_size=batch_size, use_cache=use_cache, progress=progress)
+    if states == "cache" and w.size > 1:
+        raise ValueError("--states cache runs in one process (the state cache has one writer); "
+                         "under mlx.launch leave --states out: the ranks then share the feature extraction")
+    if states == "cache":
+        cache = extract_states(model, train + dev, cands, batch_size=batch_size, progress=progress)
+        xtr, xdv = pooled_features(cache, train, cands), pooled_features(cache, dev, cands)
+    elif states == "features":
+        xtr = extract(model, train, cands, batch_size=batch_size, use_cache=use_cache, progress=progress)
+        xdv = extract(model, dev, cands, batch_size=batch_size, use_cache=use_cache, progress=progress)
+    else:
+        raise ValueError(f"states must be 'features' or 'cache' for a {fit.kind} head, got {states!r}")
     t1 = time.perf_counter()
     if w.rank != 0:  # every rank has every feature; rank 0 alone fits (the fit is serial) and writes
         return None
@@ -124,7 +137,7 @@ def train_head(model: Any, examples: Sequence[Example], out: str | Path, *, dev:
     ytr = np.array([LABELS.index(e.label) for e in train])
     ydv = np.array([LABELS.index(e.label) for e in dev])
     identity = base_identity(model, {**(training or {}), "seed": fit.seed, "candidates": cands, "kind": fit.kind,
-                                     "skipped_too_long": skipped,
+                                     "skipped_too_long": skipped, "states": states,
                                      "feature_seconds": round(t1 - t0, 2)})
     everyday = np.array([e.source in EVERYDAY and e.label == "answer" for e in dev])
     head = fit_head(xtr, ytr, xdv, ydv, layers=cands, cfg=fit, identity=identity, log=log, everyday=everyday)
@@ -141,7 +154,7 @@ STATES = ("auto", "cache", "live")
 def train_tower_head(model: Any, examples: Sequence[Example], out: str | Path, *, dev: Sequence[Example] | None = None,
                      fit: TowerFit = TowerFit(), sweep: Sequence[dict[str, Any]] = (), states: str = "auto",
                      batch_size: int = 16, progress: bool = True, training: dict[str, Any] | None = None,
-                     max_tokens: int | None = None) -> Head:
+                     max_tokens: int | None = None, cache_layers: Sequence[int] = ()) -> Head:
     """Train a tower head (``phasegpt.tower``) for ``model`` and write it to ``out``.
 
     Args:
@@ -160,6 +173,9 @@ def train_tower_head(model: Any, examples: Sequence[Example], out: str | Path, *
         progress: progress bars and lines on stderr.
         training: free-form record of how the head was made, kept in head.json.
         max_tokens: skip training/dev prompts longer than this.
+        cache_layers: more layers to keep in the state cache beside the taps: the cache is keyed by
+            its layers, so naming those of an existing cache (``train-head --states cache
+            --candidates 9,13,17,21`` of a linear or MLP head) reuses it instead of extracting again.
 
     Returns:
         The trained head (already saved).
@@ -183,7 +199,8 @@ def train_tower_head(model: Any, examples: Sequence[Example], out: str | Path, *
             raise ValueError(f"{e}; choose --tap and --depth (or the sweep's) so that tap + depth <= {n - 1}") from None
     taps = sorted({t.tap for t in trials}) if trials else [fit.tap]
     t0 = time.perf_counter()
-    source_for = state_sources(model, train + dev, taps, states, batch_size, progress, log)
+    source_for = state_sources(model, train + dev, sorted(set(taps) | set(cache_layers)), states, batch_size,
+                               progress, log)
     t1 = time.perf_counter()
     table: list[dict[str, Any]] = []
     if trials:
@@ -191,7 +208,7 @@ def train_tower_head(model: Any, examples: Sequence[Example], out: str | Path, *
         best, table = sweep_towers(model, train, dev, trials, source_for, log=log)
         fit = TowerFit(**{**asdict(fit), **{k: getattr(best, k) for k in ("tap", "depth", "rank", "scale", "keys")}})
     identity = base_identity(model, {**(training or {}), "seed": fit.seed, "kind": "tower", "states": states,
-                                     "skipped_too_long": skipped, "state_seconds": round(t1 - t0, 1)})
+                                     "skipped_too_long": skipped, "states": states, "state_seconds": round(t1 - t0, 1)})
     head = train_tower(model, train, dev, fit=fit, sources=(source_for(fit.tap, train), source_for(fit.tap, dev)),
                        identity=identity, progress=progress, log=log)
     head.config.metrics["sweep"] = table
