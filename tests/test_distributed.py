@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -67,6 +68,8 @@ def test_two_ranks_write_what_one_process_writes(tiny_model, tiny_args, tmp_path
     assert "exited with code" not in r.stderr, r.stderr  # mlx.launch exits 0 even when a rank fails
     assert out.read_bytes() == single.read_bytes()  # row for row, bit for bit
     assert r.stderr.count("wrote 61 rows") == 1 and r.stderr.count("skipped") == 2  # rank 0 reports, once
+    shown = re.findall(r"classifying  60/60 rows  \(r0 (\d+), r1 (\d+)\)", r.stderr)  # rank 0 shows both ranks'
+    assert shown and all(int(a) > 0 and int(b) > 0 and int(a) + int(b) == 60 for a, b in shown), r.stderr
 
 
 def test_a_bad_row_is_reported_once_and_nothing_is_written(tiny_args, tmp_path):
