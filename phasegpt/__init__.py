@@ -22,9 +22,10 @@ _LAZY = {
     "Verdict": "phasegpt.verdict",
     "Result": "phasegpt.verdict",
     "LABELS": "phasegpt.verdict",
+    "classify_file": "phasegpt.batch",
 }
 
-__all__ = ["LABELS", "AuditLog", "Model", "Result", "Verdict", "__version__", "load"]
+__all__ = ["LABELS", "AuditLog", "Model", "Result", "Verdict", "__version__", "classify_file", "load"]
 
 
 def __getattr__(name: str):

@@ -187,7 +187,7 @@ class Model:
         verdicts: list[Verdict | None] = [None] * len(requests)
         for idx in self.rounds([len(r.ids) for r in requests], batch_size):
             t0 = time.perf_counter()
-            for i, v in zip(idx, self._classify_batch([requests[i] for i in idx])):
+            for i, v in zip(idx, self.verdicts([requests[i] for i in idx])):
                 verdicts[i] = v
             per_item = (time.perf_counter() - t0) / len(idx)
             for i in idx:
@@ -202,9 +202,15 @@ class Model:
         return batches(lengths, max(batch_size, cpu_streams()))
 
     @_on_worker
-    def prefill(self, batch: list[list[int]], layers: Sequence[int]) -> list[tuple[list[list[int]], dict[int, mx.array], mx.array]]:
+    def prefill(self, batch: list[list[int]], layers: Sequence[int], *,
+                parts: Sequence[int] | None = None) -> list[tuple[list[list[int]], dict[int, mx.array], mx.array]]:
         """Tapped states of ``layers`` for a batch of token lists, computed: ``(part, hidden, lengths)``
         per part of the batch, in order (``hidden_states`` of each part).
+
+        ``parts`` gives the sizes of the consecutive parts to compute at once, one CPU stream each
+        (default: the batch split evenly over ``cpu_streams()``). A prompt's numbers depend on the
+        part it is computed in (its width and size, to float rounding), so a caller that fixes the
+        parts gets the same bits however many cores or processes share the work (``phasegpt.batch``).
 
         On the CPU, MLX runs each stream's work on its own thread but its elementwise kernels
         (SwiGLU's ``silu`` is a third of a small model's forward) on one thread, while the BLAS
@@ -214,7 +220,7 @@ class Model:
         of its part, equal to a whole-batch run to float rounding. Elsewhere (a GPU, one core,
         ``PHASEGPT_CPU_STREAMS=1``) the batch runs whole.
         """
-        split = split_batch(batch, cpu_streams())
+        split = split_batch(batch, cpu_streams()) if parts is None else cut(batch, parts)
         if len(split) < 2:
             hidden, lengths = self.hidden_states(batch, layers)
             mx.eval(hidden)
@@ -251,9 +257,14 @@ class Model:
         return self._span
 
     @_on_worker
-    def _classify_batch(self, requests: list[Request]) -> list[Verdict]:
+    def verdicts(self, requests: Sequence[Request], *, parts: Sequence[int] | None = None) -> list[Verdict]:
+        """Verdicts for requests made by ``prepare``, from one ``prefill`` (``parts`` as there), on the
+        MLX worker; no audit record. ``classify`` is this over length-sorted rounds, with validation
+        and the log."""
+        if self.head is None:
+            raise ValueError(NO_HEAD)
         head = self.head
-        parts = self.prefill([r.ids for r in requests], head.config.layers)
+        parts = self.prefill([r.ids for r in requests], head.config.layers, parts=parts)
         spans = spans_of(requests, [len(part) for part, _, _ in parts])
         states = [head.states(hidden) for _, hidden, _ in parts]  # a tower runs here, once per part
         feats = [head.pool(st, lengths, span) for st, (_, _, lengths), span in zip(states, parts, spans)]
@@ -528,6 +539,18 @@ def split_batch(batch: list, n: int) -> list[list]:
         return []
     size = -(-len(batch) // max(1, min(n, len(batch))))
     return [batch[i:i + size] for i in range(0, len(batch), size)]
+
+
+def cut(batch: list, sizes: Sequence[int]) -> list[list]:
+    """``batch`` in consecutive parts of the given sizes (which must add up to its length)."""
+    if any(n < 1 for n in sizes) or sum(sizes) != len(batch):
+        raise ValueError(f"parts {list(sizes)} do not split a batch of {len(batch)}: each part needs "
+                         "at least one prompt and together they must hold every prompt")
+    out, at = [], 0
+    for n in sizes:
+        out.append(batch[at:at + n])
+        at += n
+    return out
 
 
 def spans_of(requests: Sequence[Request], sizes: Sequence[int]) -> list[tuple[int, int] | mx.array]:

@@ -264,3 +264,15 @@ def test_eval_reads_rows_the_state_cache_holds(base, tiny_data, tmp_path):
     extract_states(base, dev[:5], [0, 1], progress=False)  # some rows cached per token, the rest not
     mixed, _, _ = predict(model, dev, progress=False)
     assert np.abs(plain - mixed).max() < 0.02
+
+
+def test_tower_reuses_a_state_cache_of_more_layers(base, tiny_data, tmp_path):
+    from phasegpt.train.states import cache_dir
+    from phasegpt.train.train_head import train_tower_head
+    train, dev = tiny_data
+    fit = TowerFit(**{**FIT.__dict__, "tap": 1, "depth": 1, "epochs": 1})
+    assert not cache_dir(base, [1]).exists()
+    head = train_tower_head(base, train + dev, tmp_path / "t", fit=fit, states="cache", cache_layers=[0, 1],
+                            progress=False)
+    assert head.config.kind == "tower" and (cache_dir(base, [0, 1]) / "index.json").is_file()
+    assert not cache_dir(base, [1]).exists()  # the tap's states came from the two-layer cache

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shlex
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -45,3 +47,18 @@ def load_model(model_, adapter, head, dtype, audit=None):
     model = phasegpt.load(model_, adapter=adapter, head=head, dtype=dtype, audit=audit, allow_base_mismatch=allow)
     model.source = "cli"
     return model
+
+
+@contextmanager
+def rank0_reports() -> Iterator[None]:
+    """Under ``mlx.launch``, an error every rank raises alike (``JobError``: the same bad data or
+    options) is reported by rank 0 alone, which exits 1. The others exit 0 quietly: ``mlx.launch``
+    stops every rank as soon as one fails, which could cut rank 0's message short."""
+    from phasegpt.distributed import JobError, world
+
+    try:
+        yield
+    except JobError:
+        if world().rank == 0:
+            raise
+        raise SystemExit(0) from None

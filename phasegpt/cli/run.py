@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from phasegpt.cli.options import load_model, model_options
+from phasegpt.errors import PhasegptError
 from phasegpt.prompting import check_request, check_text
 
 
@@ -122,74 +123,80 @@ def run(prompt, model_, adapter, head, dtype, contexts, max_tokens, temp, top_p,
     click.echo()
 
 
+SHOW_ERRORS = 10  # skipped rows listed on stderr; the rest are in the output's "error" fields
+
+
 @click.command()
 @click.argument("input_file", metavar="INPUT.jsonl", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @model_options
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Write JSONL here (default stdout).")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write JSONL here (default stdout; only a file can be resumed).")
 @click.option("--batch-size", default=16, show_default=True,
-              help="Prompts per forward step (on the CPU split over the cores, at least one prompt each).")
+              help="Prompts per forward pass of one CPU stream (rows of similar length go together).")
+@click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
+              help="A bad row stops the job before anything is classified (fail), or gets an \"error\" "
+                   "field instead of a verdict (skip).")
+@click.option("--resume/--no-resume", default=True, show_default=True,
+              help="Continue from OUT.jsonl.partial, left by a stopped run of the same job.")
 @click.option("--audit/--no-audit", default=None, help="Write every verdict to the audit log.")
-def classify(input_file, model_, adapter, head, dtype, output, batch_size, audit):
-    """Verdicts for every line of INPUT.jsonl ({"prompt": ..., "context": ...}), prefill only.
+def classify(input_file, model_, adapter, head, dtype, output, batch_size, on_error, resume, audit):
+    """Verdicts for every line of INPUT.jsonl, prefill only, batched, resumable.
 
-    Each output line is the input line with a "verdict" field added.
+    A line is {"prompt": ..., "context": ...} or {"messages": [...], "context": ...};
+    each output line is the input line with a "verdict" field added, in input order.
+    A stopped run (Ctrl-C, a lost host, SIGKILL) keeps its verdicts in OUT.jsonl.partial
+    and the same command resumes it. Under mlx.launch every process takes a share of
+    the rows and rank 0 writes OUT.jsonl (every host needs the model and INPUT.jsonl).
 
     \b
-    Example:
+    Examples:
       phasegpt classify requests.jsonl -o verdicts.jsonl
+      phasegpt classify requests.jsonl -o verdicts.jsonl --on-error skip
+      mlx.launch -n 2 -- phasegpt classify requests.jsonl -o verdicts.jsonl
+      mlx.launch --hostfile hosts.json -- phasegpt classify requests.jsonl -o verdicts.jsonl
     """
-    from phasegpt.api import cpu_streams
+    from phasegpt.batch import classify_file
+    from phasegpt.batch.journal import journal_path
+    from phasegpt.distributed import JobError, world
 
-    rows = _read_rows(input_file)
-    model = load_model(model_, adapter, head, dtype, _audit(audit))
-    out_rows = []
-    with click.progressbar(length=len(rows), label="classifying", file=sys.stderr) as bar:
-        # a few forward steps per progress update: classify sorts by length and splits over the cores
-        # within each call, so a call must hold more than one step's prompts
-        step = 8 * max(batch_size, cpu_streams())
-        for start in range(0, len(rows), step):
-            chunk = rows[start:start + step]
-            verdicts = model.classify([r["prompt"] for r in chunk], contexts=[r.get("context") for r in chunk],
-                                      batch_size=batch_size)
-            out_rows += [{**r, "verdict": v.to_dict()} for r, v in zip(chunk, verdicts)]
-            bar.update(len(chunk))
-    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out_rows)
-    if output is None:
-        click.echo(text, nl=False)
-    else:
-        write_atomic(output, text)
-        click.echo(f"wrote {len(out_rows)} verdicts to {output}", err=True)
-
-
-def _read_rows(path: Path) -> list[dict]:
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise click.ClickException(f"{path}:{n}: not valid JSON ({e.msg}); each line must be one JSON object") from None
-            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
-                raise click.ClickException(f"{path}:{n}: each line needs a \"prompt\" string")
-            rows.append(row)
-    if not rows:
-        raise click.ClickException(f"{path} has no lines to classify")
-    return rows
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temp file and a rename: never half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    w = world()
+    loader = lambda: load_model(model_, adapter, head, dtype, _audit(audit))  # noqa: E731  (after the rows are checked)
+    with tempfile.TemporaryDirectory(prefix="phasegpt-classify-") as tmp:
+        out = output if output is not None else Path(tmp) / "out.jsonl"
+        try:
+            summary = classify_file(input_file, out, model=loader, batch_size=batch_size, on_error=on_error,
+                                    resume=resume and output is not None, progress=True)
+        except KeyboardInterrupt:
+            if w.rank == 0:
+                kept = f" the verdicts done so far are kept in {journal_path(out)}: run the same command again " \
+                       "to resume" if output is not None else ""
+                click.echo(f"stopped;{kept}" if kept else "stopped", err=True)
+            raise SystemExit(130) from None
+        except JobError:
+            if w.rank == 0:
+                raise
+            # every rank found the same; rank 0 says it and exits 1. Exiting 0 here because mlx.launch
+            # stops all ranks as soon as one fails, which could cut rank 0's message short
+            raise SystemExit(0) from None
+        except (PhasegptError, ValueError, OSError) as e:
+            if w.rank > 0:  # say which process of the job it was
+                raise click.ClickException(f"rank {w.rank}: {e}") from None
+            raise
+        if w.rank != 0:
+            return
+        if output is None:
+            with out.open(encoding="utf-8") as f:
+                for line in f:
+                    click.echo(line, nl=False)
+    for e in summary.errors[:SHOW_ERRORS]:
+        click.echo(f"skipped {e}", err=True)
+    if summary.skipped > SHOW_ERRORS:
+        click.echo(f"... and {summary.skipped - SHOW_ERRORS} more (see their \"error\" fields)", err=True)
+    resumed = f", {summary.resumed} of them from an earlier run" if summary.resumed else ""
+    skipped = f", skipped {summary.skipped} bad rows" if summary.skipped else ""
+    where = f" to {output}" if output is not None else ""
+    click.echo(f"wrote {summary.rows} rows{where}: {summary.classified} verdicts{resumed}{skipped} "
+               f"in {summary.seconds:.1f}s", err=True)
 
 
 @click.command()

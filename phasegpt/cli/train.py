@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from phasegpt.cli.options import command_line, load_model, model_options
+from phasegpt.cli.options import command_line, load_model, model_options, rank0_reports
 
 DATA_HELP = "Labelled JSONL (prompt, label, optional context/split/source); repeat to combine files."
 
@@ -16,7 +16,10 @@ def _examples(paths: tuple[Path, ...]):
 
     if not paths:
         paths = (BUNDLED,)
-        click.echo(f"no --data given: using the bundled prompts {BUNDLED}", err=True)
+        from phasegpt.distributed import world
+
+        if world().rank == 0:
+            click.echo(f"no --data given: using the bundled prompts {BUNDLED}", err=True)
     out = []
     for p in paths:
         out += read_jsonl(p)
@@ -28,14 +31,15 @@ def _examples(paths: tuple[Path, ...]):
 @click.option("--data", "-d", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help=DATA_HELP)
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False, path_type=Path), help="Head folder to write.")
 @click.option("--layers", help="Comma-separated layers to use (default: sweep candidates on dev).")
-@click.option("--candidates", help="Comma-separated candidate layers for the sweep.")
+@click.option("--candidates", help="Comma-separated candidate layers for the sweep (tower with --states cache: more layers "
+              "to keep in the state cache, so one cache serves MLP heads and towers alike).")
 @click.option("--pooling", type=click.Choice(["last", "mean", "last+mean"]), help="Fixed pooling (default: swept).")
 @click.option("--kind", default="linear", show_default=True, type=click.Choice(["linear", "mlp", "tower"]),
               help="linear: softmax regression solved with L-BFGS; mlp: one hidden layer of 256; tower: the next "
                    "--depth blocks after --tap run again with LoRA, trained jointly with an MLP.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--batch-size", default=16, show_default=True,
-              help="Prompts per forward step of feature extraction (on the CPU split over the cores).")
+              help="Prompts per forward pass of one CPU stream in feature extraction (similar lengths together).")
 @click.option("--cap", type=int, help="At most N training/dev rows per (source, category, label, split), chosen by hash.")
 @click.option("--max-tokens", type=int, help="Skip training/dev prompts longer than this many tokens.")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the feature cache.")
@@ -54,12 +58,15 @@ def train_head(model_, adapter, head, dtype, data, out, layers, candidates, pool
     """Train a refusal-reason head for a base model (and adapter) on labelled prompts.
 
     Rows with "split": "dev" tune layers, temperature and thresholds (a stable 20% of
-    the rest when no row has a split); "test" rows are never used.
+    the rest when no row has a split); "test" rows are never used. Under mlx.launch
+    (linear and mlp heads) every process extracts a share of the features and rank 0
+    fits and writes the head.
 
     \b
     Example:
       phasegpt train-head -d ../shared/data/eval.jsonl -d phasegpt/data/prompts.jsonl -o my-head
       phasegpt train-head -m mlx-community/Mistral-7B-Instruct-v0.3-4bit -d mine.jsonl -o heads/mistral
+      mlx.launch --hostfile hosts.json -- phasegpt train-head -d mine.jsonl -o my-head
     """
     from phasegpt.train.data import cap as cap_rows
     from phasegpt.train.fit_head import FitConfig
@@ -75,16 +82,21 @@ def train_head(model_, adapter, head, dtype, data, out, layers, candidates, pool
         from phasegpt.train.train_head import train_tower_head
 
         given = {k: v for k, v in (("tap", tap), ("depth", depth), ("rank", rank), ("epochs", epochs)) if v is not None}
-        h = train_tower_head(model, examples, out, fit=TowerFit(**given, seed=seed), sweep=_trials(sweep_spec),
-                             states=states, batch_size=batch_size, training=record, max_tokens=max_tokens)
+        with rank0_reports():
+            h = train_tower_head(model, examples, out, fit=TowerFit(**given, seed=seed), sweep=_trials(sweep_spec),
+                                 states=states, batch_size=batch_size, training=record, max_tokens=max_tokens,
+                                 cache_layers=_ints(candidates) or ())
         m = h.config.metrics
         click.echo(f"wrote {out}: tower from block {h.config.tower['tap']} over {h.config.tower['depth']} blocks, "
                    f"rank {h.config.tower['rank']}, dev macro-F1 {m['dev_macro_f1']:.3f}, accuracy {m['dev_accuracy']:.3f}")
         return
     fit = FitConfig(layers=_ints(layers), pooling=pooling, kind=kind, seed=seed)
-    h = run(model, examples, out, candidates=_ints(candidates), fit=fit, batch_size=batch_size,
-            use_cache=not no_cache, training=record, max_tokens=max_tokens,
-            states="cache" if states == "cache" else "features")
+    with rank0_reports():
+        h = run(model, examples, out, candidates=_ints(candidates), fit=fit, batch_size=batch_size,
+                use_cache=not no_cache, training=record, max_tokens=max_tokens,
+                states="cache" if states == "cache" else "features")
+    if h is None:  # another rank than 0 of an mlx.launch job: rank 0 writes the head
+        return
     m = h.config.metrics
     click.echo(f"wrote {out}: layers {list(h.config.layers)}, {h.config.pooling}, "
                f"dev macro-F1 {m['dev_macro_f1']:.3f}, accuracy {m['dev_accuracy']:.3f}")
@@ -182,11 +194,13 @@ def eval_(model_, adapter, head, dtype, data, split_, out, batch_size, title, no
     """Score a head on labelled data: accuracy, macro-F1, per-class and per-source tables, calibration.
 
     Features go through the same batched prefill as `classify` and the feature cache, so
-    evaluating again (another head on the same base) is fast.
+    evaluating again (another head on the same base) is fast. Under mlx.launch every process
+    scores a share of the rows (by tokens) and rank 0 reports the metrics over all of them.
 
     \b
     Example:
       phasegpt eval -d ../shared/data/eval.jsonl --split test -o reports/smollm2
+      mlx.launch -n 2 -- phasegpt eval -d ../shared/data/eval.jsonl --split test
     """
 
     from phasegpt.evaluate import evaluate, format_summary, write_report
@@ -197,17 +211,21 @@ def eval_(model_, adapter, head, dtype, data, split_, out, batch_size, title, no
         rows += [e for e in read_jsonl(p, skip_other=False) if split_ == "all" or e.split == split_]
     if not rows:
         raise click.ClickException(f"no rows with split {split_!r} in {', '.join(map(str, data))}")
+    from phasegpt.distributed import world
     from phasegpt.train.features import predict
     from phasegpt.train.train_head import fitting
 
     model = load_model(model_, adapter, head, dtype)
     rows, too_long = fitting(model, rows)
-    if too_long:
+    if too_long and world().rank == 0:
         click.echo(f"skipped {len(too_long)} rows longer than the model's context: "
                    + ", ".join(str(e.extra.get("id", e.prompt[:30])) for e in too_long), err=True)
     if model.head is None:
         raise click.ClickException("eval needs a head: pass --head (or an --adapter folder holding head.json)")
-    probs, predictions, ood = predict(model, rows, batch_size=batch_size, use_cache=not no_cache)
+    with rank0_reports():
+        probs, predictions, ood = predict(model, rows, batch_size=batch_size, use_cache=not no_cache)
+    if world().rank != 0:  # under mlx.launch: every rank has every prediction; rank 0 reports
+        return
     result = evaluate([e.label for e in rows], probs, predictions=predictions,
                       sources=[e.source or "unknown" for e in rows],
                       source_labels=[e.extra.get("source_label", e.label) for e in rows], ood=ood)
@@ -217,3 +235,4 @@ def eval_(model_, adapter, head, dtype, data, split_, out, batch_size, title, no
     if out is not None:
         paths = write_report(result, out, title=title, command=command_line())
         click.echo("wrote " + ", ".join(str(p) for p in paths.values()), err=True)
+

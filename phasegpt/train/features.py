@@ -12,21 +12,25 @@ pooling, another seed, more data) only computes what is new.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
 
-from phasegpt.api import spans_of
+from phasegpt import blas
+from phasegpt.api import Request, batches, spans_of
+from phasegpt.distributed import JobError, World, in_turns, shard_by_tokens, steps_per_exchange, world
 from phasegpt.head import pool
 from phasegpt.paths import user_dir
+from phasegpt.progress import Progress
 from phasegpt.train.data import Example
 from phasegpt.train.fit_head import select
 
@@ -44,69 +48,134 @@ def extract(model, examples: Sequence[Example], layers: Sequence[int], *, batch_
             use_cache: bool = True, progress: bool = True) -> np.ndarray:
     """Pooled features (N, L, 2, D) float32 for ``examples`` at ``layers`` ([last, mean] per layer).
 
+    The examples not in the cache are sorted by token count and cut into batches of
+    ``batch_size``, each one forward pass of one CPU stream with a one-thread BLAS, so a feature's
+    numbers depend on its batch alone, not on how many cores or processes computed it. Under
+    ``mlx.launch`` every process of the job makes the same call: the batches are dealt out to all
+    of the ranks' streams in turns, the features go to every rank (and into every host's cache)
+    every couple of seconds, and every rank returns them all.
+
     Args:
         model: a ``phasegpt.Model``.
         examples: labelled or unlabelled examples (prompt and context are used).
         layers: candidate layers (block indices).
-        batch_size: prompts per forward step (``Model.rounds``).
+        batch_size: prompts per forward pass of one CPU stream (examples of similar length together).
         use_cache: read and extend the on-disk cache.
-        progress: show a progress bar on stderr.
+        progress: show the examples done over all ranks on rank 0's stderr.
+
+    Raises:
+        JobError: the ranks of a job were given other examples, layers or batch size.
+        RankLost: another process of the job stopped (what was saved is kept: run again).
     """
     layers = list(layers)
     keys = [e.key for e in examples]
+    w = world()
+    _same_job(w, keys, layers, batch_size, model)
     path = cache_file(model, layers)
-    cached: dict[str, np.ndarray] = {}
-    if use_cache and path.is_file():
-        try:
-            with np.load(path) as z:
-                cached = dict(zip(z["keys"].tolist(), z["feats"]))
-        except (OSError, ValueError, KeyError):
-            cached = {}  # a damaged cache is only a cache: recompute
-    todo = list({k: e for k, e in zip(keys, examples) if k not in cached}.items())  # model.rounds() orders by length
+    cached = _load(path) if use_cache else {}
+    todo = list({k: e for k, e in zip(keys, examples)}.items())
+    # a prompt any rank lacks is computed again (so every rank holds the same features afterwards)
+    lacking = w.all_sum(np.array([k not in cached for k, _ in todo], dtype=np.int32))
+    todo = [ke for ke, n in zip(todo, lacking) if n]
     if todo:
-        encoded = [(k, model.prepare(e.request, e.context)) for k, e in todo]
         save = (lambda: _save(path, cached)) if use_cache else (lambda: None)
-        _run(model, encoded, layers, batch_size, cached, progress, save)
+        _run(w, model, todo, layers, batch_size, cached, progress, save)
         save()
     return np.stack([cached[k] for k in keys]).astype(np.float32)
 
 
-def _run(model, encoded, layers, batch_size, out, progress, save) -> None:
-    import click
+def _same_job(w: World, keys: list[str], layers: list[int], batch_size: int, model) -> None:
+    """Every rank computes the whole plan, so each must be given the same work."""
+    if w.size == 1:
+        return
+    mine = {"examples": hashlib.sha256(json.dumps(keys).encode()).hexdigest(), "layers": layers,
+            "batch size": batch_size, "model": model.loaded.fingerprint}
+    for r, theirs in enumerate(w.gather(mine)):
+        differs = [k for k in mine if theirs[k] != mine[k]]
+        if differs:
+            raise JobError(f"rank {r} extracts other features than rank {w.rank} (other {', '.join(differs)}); "
+                           "give every process the same command, data files and model")
 
+
+def _run(w: World, model, todo: list[tuple[str, Example]], layers, batch_size, out, progress, save) -> None:
+    """Compute ``todo`` into ``out`` ({key: (L, 2, D)}) over the ranks (``extract``)."""
+    requests: dict[int, Request] = {}
+    lengths = np.zeros(len(todo), dtype=np.int64)
+    for i in range(w.rank, len(todo), w.size):  # tokenizing is shared out too
+        requests[i] = model.prepare(todo[i][1].request, todo[i][1].context)
+        lengths[i] = len(requests[i].ids)
+    lengths = w.all_sum(lengths)
+
+    def request(i: int) -> Request:
+        return requests.pop(i) if i in requests else model.prepare(todo[i][1].request, todo[i][1].context)
+
+    plan = list(batches(lengths.tolist(), batch_size))[::-1]  # longest first: the last step is the cheapest
+    steps = in_turns(plan, w.gather(w.streams()))
+    shown = Progress(len(todo), w.size, label="extracting features") if progress and w.rank == 0 else None
+    single = blas.one_thread() if mx.default_device() == mx.cpu else nullcontext()  # as in batch.classify
     last_save = time.monotonic()
-    bar = click.progressbar(length=len(encoded), label="extracting features", file=sys.stderr) if progress else None
-    try:
-        for idx in model.rounds([len(r.ids) for _, r in encoded], batch_size):
-            chunk = [encoded[i] for i in idx]
-            parts = model.prefill([r.ids for _, r in chunk], layers)
-            spans = spans_of([r for _, r in chunk], [len(part) for part, _, _ in parts])
-            feats = [pool(hidden, tuple(layers), "last+mean", lengths, span)  # (B, L*2*D) per part
-                     for (_, hidden, lengths), span in zip(parts, spans)]
-            mx.eval(feats)
-            arr = np.concatenate([np.array(f) for f in feats]).reshape(len(chunk), len(layers), 2, -1)
-            for (k, _), row in zip(chunk, arr):
-                out[k] = row
-            if bar is not None:
-                bar.update(len(chunk))
-            if time.monotonic() - last_save > SAVE_EVERY:  # long runs keep their progress if stopped
+    with single, (shown or nullcontext()):
+        at, every = 0, 1
+        while at < len(steps):
+            t0, mine = time.perf_counter(), []
+            for step in steps[at:at + every]:
+                if step[w.rank]:
+                    mine.append(_pooled(model, [[request(i) for i in b] for b in step[w.rank]], layers))
+            per_step = (time.perf_counter() - t0) / len(steps[at:at + every])
+            # rank 0 says how many steps run before the next exchange, and when to save, so all caches agree
+            said = w.broadcast({"every": steps_per_exchange(per_step), "save": time.monotonic() - last_save > SAVE_EVERY})
+            counts = []
+            for r, blob in enumerate(w.gather_bytes(np.concatenate(mine).tobytes() if mine else b"")):
+                done = [i for step in steps[at:at + every] for b in step[r] for i in b]  # every rank knows whose
+                if done:
+                    feats = np.frombuffer(blob, dtype=np.float32).reshape(len(done), len(layers), 2, -1)
+                    for i, row in zip(done, feats):
+                        out[todo[i][0]] = row
+                counts.append(len(done))
+            if shown is not None:
+                shown.update(counts)
+            at, every = at + every, said["every"]
+            if said["save"]:  # a long run keeps what it did if it is stopped
                 save()
                 last_save = time.monotonic()
-    finally:
-        if bar is not None:
-            bar.render_finish()
+
+
+def _pooled(model, parts: list[list[Request]], layers: list[int]) -> np.ndarray:
+    """Features (n, L, 2, D) float32 of one rank's batches of a step, at once, one CPU stream each."""
+    flat = [r for part in parts for r in part]
+    computed = model.prefill([r.ids for r in flat], layers, parts=[len(p) for p in parts])
+    spans = spans_of(flat, [len(p) for p in parts])
+    feats = [pool(hidden, tuple(layers), "last+mean", lengths, span)  # (B, L*2*D) per part
+             for (_, hidden, lengths), span in zip(computed, spans)]
+    mx.eval(feats)
+    return np.concatenate([np.array(f.astype(mx.float32)) for f in feats]).reshape(len(flat), len(layers), 2, -1)
+
+
+def _load(path: Path) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        return {}
+    try:
+        with np.load(path) as z:
+            return dict(zip(z["keys"].tolist(), z["feats"]))
+    except (OSError, ValueError, KeyError):
+        return {}  # a damaged cache is only a cache: recompute
 
 
 def _save(path: Path, cached: dict[str, np.ndarray]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, keys=np.array(list(cached)), feats=np.stack(list(cached.values())))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # Several processes may extend one cache at once (the ranks of an mlx.launch job on one host,
+    # two evals): under a lock, keep what another one saved meanwhile, or the last writer drops it.
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        merged = {**_load(path), **cached}
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, keys=np.array(list(merged)), feats=np.stack(list(merged.values())))
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def predict(model, examples: Sequence[Example], *, batch_size: int = 16, use_cache: bool = True,
@@ -119,6 +188,8 @@ def predict(model, examples: Sequence[Example], *, batch_size: int = 16, use_cac
     re-scoring a retrained head costs nothing. A tower head goes through ``Model.classify``
     itself (its tower must run on each prompt's states). Rows the per-token state cache of
     those layers holds (``train-head --states cache``) are pooled from it (float16 rounding).
+    Under ``mlx.launch`` every process makes the same call, each computes a share, and every
+    one returns the results for all examples.
     """
     head = model.head
     if head.config.kind == "tower":
@@ -140,7 +211,7 @@ def _features(model, examples: Sequence[Example], layers: list[int], batch_size:
     from phasegpt.train.states import StateCache, cache_dir, pooled_features
 
     folder = cache_dir(model, layers)
-    if not use_cache or not (folder / "index.json").is_file():
+    if not use_cache or world().size > 1 or not (folder / "index.json").is_file():  # ranks must agree on the rows
         return extract(model, examples, layers, batch_size=batch_size, use_cache=use_cache, progress=progress)
     states = StateCache(folder, layers, int(model.loaded.config["hidden_size"]))
     hit = [i for i, e in enumerate(examples) if e.key in states]
@@ -157,20 +228,26 @@ def _features(model, examples: Sequence[Example], layers: list[int], batch_size:
 
 def _classify_all(model, examples: Sequence[Example], batch_size: int,
                   progress: bool) -> tuple[np.ndarray, list[str], np.ndarray | None]:
-    import click
-
+    """``Model.classify`` on every example; under ``mlx.launch`` each rank takes a share (by
+    tokens) and every rank gets every result, in order."""
+    w = world()
+    everything = [list(range(len(examples)))]
+    shares = everything if w.size == 1 else shard_by_tokens(
+        [len(model.prepare(e.request, e.context).ids) for e in examples], w.size)
+    mine = [examples[i] for i in shares[w.rank]]
     out = []
     step = 8 * batch_size  # classify sorts each call's prompts by length: give it several batches at once
-    bar = click.progressbar(length=len(examples), label="classifying", file=sys.stderr) if progress else None
-    try:
-        for start in range(0, len(examples), step):
-            chunk = examples[start:start + step]
-            out += model.classify([e.request for e in chunk], contexts=[e.context for e in chunk], batch_size=batch_size)
-            if bar is not None:
-                bar.update(len(chunk))
-    finally:
-        if bar is not None:
-            bar.render_finish()
+    shown = Progress(len(examples), w.size) if progress and w.rank == 0 else None
+    with shown or nullcontext():
+        for start in range(0, max(len(s) for s in shares), step):  # as many rounds on every rank
+            chunk = mine[start:start + step]
+            if chunk:
+                out += model.classify([e.request for e in chunk], contexts=[e.context for e in chunk],
+                                      batch_size=batch_size)
+            counts = w.gather(len(chunk))
+            if shown is not None:
+                shown.update(counts)
     labels = model.head.config.labels
-    ood = None if out[0].ood is None else np.array([v.ood for v in out])
-    return np.array([[v.probs[k] for k in labels] for v in out]), [v.label for v in out], ood
+    got = w.gather_in_order(shares, [[[v.probs[k] for k in labels], v.label, v.ood] for v in out])
+    ood = None if got[0][2] is None else np.array([o for _, _, o in got])
+    return np.array([p for p, _, _ in got]), [label for _, label, _ in got], ood

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from phasegpt.distributed import JobError, world
 from phasegpt.evaluate import EVERYDAY
 from phasegpt.head import Head
 from phasegpt.paths import user_dir
@@ -75,8 +76,11 @@ def default_candidates(n: int) -> list[int]:
 def train_head(model: Any, examples: Sequence[Example], out: str | Path, *, dev: Sequence[Example] | None = None,
                candidates: Sequence[int] | None = None, fit: FitConfig = FitConfig(), batch_size: int = 16,
                use_cache: bool = True, progress: bool = True, training: dict[str, Any] | None = None,
-               max_tokens: int | None = None, states: str = "features") -> Head:
+               max_tokens: int | None = None, states: str = "features") -> Head | None:
     """Train a refusal-reason head for ``model`` and write it to ``out``.
+
+    Under ``mlx.launch`` every process makes the same call: the ranks share the feature
+    extraction (``features.extract``), then rank 0 fits the head and writes it.
 
     Args:
         model: a ``phasegpt.Model`` (the base the head is for, with its adapter if any).
@@ -99,12 +103,15 @@ def train_head(model: Any, examples: Sequence[Example], out: str | Path, *, dev:
             on the same rows share one extraction.
 
     Returns:
-        The trained head (already saved).
+        The trained head (already saved); None on the other ranks of an ``mlx.launch`` job.
 
     Raises:
         ValueError: fewer than two labels in the training or dev data.
+        JobError: the ranks of a job were given other data or options.
+        RankLost: another process of the job stopped (the features saved so far are kept).
     """
-    log = (lambda s: print(s, file=sys.stderr)) if progress else (lambda s: None)
+    w = world()
+    log = (lambda s: print(s, file=sys.stderr)) if progress and w.rank == 0 else (lambda s: None)
     train, dev, skipped = prepare_splits(model, examples, dev, fit.seed, max_tokens, log)
     n = num_layers(model.loaded.model)
     cands = list(candidates) if candidates is not None else default_candidates(n)
@@ -112,6 +119,9 @@ def train_head(model: Any, examples: Sequence[Example], out: str | Path, *, dev:
         cands = sorted({i % n for i in fit.layers})
         fit = FitConfig(**{**fit.__dict__, "layers": tuple(range(len(cands)))})
     t0 = time.perf_counter()
+    if states == "cache" and w.size > 1:
+        raise ValueError("--states cache runs in one process (the state cache has one writer); "
+                         "under mlx.launch leave --states out: the ranks then share the feature extraction")
     if states == "cache":
         cache = extract_states(model, train + dev, cands, batch_size=batch_size, progress=progress)
         xtr, xdv = pooled_features(cache, train, cands), pooled_features(cache, dev, cands)
@@ -121,6 +131,8 @@ def train_head(model: Any, examples: Sequence[Example], out: str | Path, *, dev:
     else:
         raise ValueError(f"states must be 'features' or 'cache' for a {fit.kind} head, got {states!r}")
     t1 = time.perf_counter()
+    if w.rank != 0:  # every rank has every feature; rank 0 alone fits (the fit is serial) and writes
+        return None
     log(f"features: {len(train)} train + {len(dev)} dev prompts, layers {cands}, {t1 - t0:.1f}s")
     ytr = np.array([LABELS.index(e.label) for e in train])
     ydv = np.array([LABELS.index(e.label) for e in dev])
@@ -142,7 +154,7 @@ STATES = ("auto", "cache", "live")
 def train_tower_head(model: Any, examples: Sequence[Example], out: str | Path, *, dev: Sequence[Example] | None = None,
                      fit: TowerFit = TowerFit(), sweep: Sequence[dict[str, Any]] = (), states: str = "auto",
                      batch_size: int = 16, progress: bool = True, training: dict[str, Any] | None = None,
-                     max_tokens: int | None = None) -> Head:
+                     max_tokens: int | None = None, cache_layers: Sequence[int] = ()) -> Head:
     """Train a tower head (``phasegpt.tower``) for ``model`` and write it to ``out``.
 
     Args:
@@ -161,10 +173,19 @@ def train_tower_head(model: Any, examples: Sequence[Example], out: str | Path, *
         progress: progress bars and lines on stderr.
         training: free-form record of how the head was made, kept in head.json.
         max_tokens: skip training/dev prompts longer than this.
+        cache_layers: more layers to keep in the state cache beside the taps: the cache is keyed by
+            its layers, so naming those of an existing cache (``train-head --states cache
+            --candidates 9,13,17,21`` of a linear or MLP head) reuses it instead of extracting again.
 
     Returns:
         The trained head (already saved).
+
+    Raises:
+        JobError: run under ``mlx.launch`` with several processes (a tower trains in one).
     """
+    if world().size > 1:
+        raise JobError("a tower head trains in one process (its states and its training are not shared "
+                       "out); run train-head --kind tower without mlx.launch")
     if states not in STATES:
         raise ValueError(f"states must be one of {', '.join(STATES)}, got {states!r}")
     log = (lambda s: print(s, file=sys.stderr)) if progress else (lambda s: None)
@@ -178,7 +199,8 @@ def train_tower_head(model: Any, examples: Sequence[Example], out: str | Path, *
             raise ValueError(f"{e}; choose --tap and --depth (or the sweep's) so that tap + depth <= {n - 1}") from None
     taps = sorted({t.tap for t in trials}) if trials else [fit.tap]
     t0 = time.perf_counter()
-    source_for = state_sources(model, train + dev, taps, states, batch_size, progress, log)
+    source_for = state_sources(model, train + dev, sorted(set(taps) | set(cache_layers)), states, batch_size,
+                               progress, log)
     t1 = time.perf_counter()
     table: list[dict[str, Any]] = []
     if trials:
