@@ -21,7 +21,8 @@ Every run's output must be byte-identical to the first one's. Reported per confi
 
 Then, for the scaling model: the CPU cost per row of the serial parts of a job (every rank reads and
 hashes the whole input; rank 0 logs and merges) on a larger file, the all-gather's wall time and
-CPU at a few payload sizes, and the CPU ``mlx.launch`` itself uses around two idle ranks.
+CPU at a few payload sizes and the CPU a rank spends waiting in one for a slower peer
+(``--only-collectives`` times these alone), and the CPU ``mlx.launch`` itself uses around two idle ranks.
 
 Rows are ``common.synthetic_prompts`` (made-up, realistic length spread, ~10% with a document).
 """
@@ -54,6 +55,7 @@ CONFIGS = {  # name: (processes, how they start, PHASEGPT_CPU_STREAMS for each o
 }
 LAUNCHED = "2 processes x 1 stream, mlx.launch"  # with --with-launch (its cost is the launcher's own CPU)
 BASE, TWO = "1 process x 2 streams", "2 processes x 1 stream, ring env"
+WAIT = 2.0  # seconds rank 0 waits for rank 1 in the all-gather whose CPU cost is measured
 
 
 def worker(args) -> None:
@@ -128,7 +130,8 @@ def serial_costs(model, tmp: Path, n: int) -> dict[str, float]:
 
 
 def collectives_worker() -> None:
-    """Time ``World.gather_bytes`` (all-gather of a payload from each rank) at a few sizes."""
+    """Time ``World.gather_bytes`` (all-gather of a payload from each rank) at a few sizes, and the
+    CPU rank 0 spends waiting ``WAIT`` seconds for rank 1 in one."""
     from phasegpt.distributed import world
 
     w = world()
@@ -140,6 +143,11 @@ def collectives_worker() -> None:
         for _ in range(20):
             w.gather_bytes(data)
         out[str(size)] = [(time.perf_counter() - t0) / 20, (time.process_time() - c0) / 20]
+    if w.rank == 1:  # rank 0 waits for it in the next all-gather: does waiting cost CPU?
+        time.sleep(WAIT)
+    t0, c0 = time.perf_counter(), time.process_time()
+    w.gather_bytes(b"x")
+    out["wait"] = [time.perf_counter() - t0, time.process_time() - c0]
     if w.rank == 0:
         print("RESULT " + json.dumps(out), flush=True)
 
@@ -230,6 +238,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--layers", default="10,20", help="layers the (random) head taps")
+    ap.add_argument("--only-collectives", action="store_true", help="time the all-gather alone (no model)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--collectives", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--plain", action="store_true", help=argparse.SUPPRESS)
@@ -243,6 +252,10 @@ def main() -> None:
         return collectives_worker()
 
     tmp = Path(tempfile.mkdtemp(prefix="phasegpt-dist-bench-"))
+    if args.only_collectives:
+        print(common.machine_line())
+        print_collectives(collectives(tmp))
+        return
     model = common.load(args.model)
     head = common.random_head(model, tmp / "head", layers=[int(x) for x in args.layers.split(",")])
     data = tmp / "rows.jsonl"
@@ -293,10 +306,16 @@ def main() -> None:
     print(f"\nSerial costs on a {args.serial_rows:,}-row file (microseconds per row):")
     print(table(["step", "us/row"], [[k, f"{v:.1f}"] for k, v in serial_costs(model, tmp, args.serial_rows).items()]))
     coll = collectives(tmp)
-    print("\nAll-gather between 2 ranks on loopback (ring), per call: " + ", ".join(
-        f"{int(k) // 1000} kB {1000 * wall:.2f} ms ({1000 * cpu:.2f} ms CPU)" for k, (wall, cpu) in coll.items()))
+    print_collectives(coll)
     print(f"a verdict is {per_row} bytes of JSON: {1e6 * coll['1000000'][0] / (1e6 / per_row):.1f} us per row "
           "gathered, at 1 MB per exchange")
+
+
+def print_collectives(coll: dict) -> None:
+    wait, wait_cpu = coll.pop("wait")
+    print("\nAll-gather between 2 ranks on loopback (ring), per call: " + ", ".join(
+        f"{int(k) // 1000} kB {1000 * wall:.2f} ms ({1000 * cpu:.2f} ms CPU)" for k, (wall, cpu) in coll.items()))
+    print(f"rank 0 waiting {wait:.2f} s for rank 1 in an all-gather used {wait_cpu:.2f} s of CPU")
 
 
 if __name__ == "__main__":

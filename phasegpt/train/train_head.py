@@ -120,8 +120,8 @@ def train_head(model: Any, examples: Sequence[Example], out: str | Path, *, dev:
         fit = FitConfig(**{**fit.__dict__, "layers": tuple(range(len(cands)))})
     t0 = time.perf_counter()
     if states == "cache" and w.size > 1:
-        raise ValueError("--states cache runs in one process (the state cache has one writer); "
-                         "under mlx.launch leave --states out: the ranks then share the feature extraction")
+        raise JobError("--states cache runs in one process (the state cache has one writer); "
+                       "under mlx.launch leave --states out: the ranks then share the feature extraction")
     if states == "cache":
         cache = extract_states(model, train + dev, cands, batch_size=batch_size, progress=progress)
         xtr, xdv = pooled_features(cache, train, cands), pooled_features(cache, dev, cands)
