@@ -1,6 +1,6 @@
 """What reading GGUF costs: load time and peak memory against the file's size, and prefill speed after it.
 
-    python benchmarks/gguf.py                  # Gemma 3 270M Q4_K_M (scripts/setup.sh --dev), ~5 min
+    python benchmarks/gguf.py                  # Gemma 3 270M Q4_K_M (scripts/setup.sh --dev), ~9 min here
     python benchmarks/gguf.py --model X.gguf   # any GGUF phasegpt reads
     python benchmarks/gguf.py --rounds 1       # quick look
 
