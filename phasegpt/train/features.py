@@ -219,7 +219,7 @@ def _features(model, examples: Sequence[Example], layers: list[int], batch_size:
     miss = [i for i in range(len(examples)) if i not in held]
     feats = np.zeros((len(examples), len(layers), 2, states.hidden), np.float32)
     if hit:
-        feats[hit] = pooled_features(states, [examples[i] for i in hit], sorted(layers))[:, [sorted(layers).index(l) for l in layers]]
+        feats[hit] = pooled_features(states, [examples[i] for i in hit], layers)  # in the order asked for
     if miss:
         feats[miss] = extract(model, [examples[i] for i in miss], layers, batch_size=batch_size, use_cache=use_cache,
                               progress=progress)

@@ -208,7 +208,7 @@ def train_tower_head(model: Any, examples: Sequence[Example], out: str | Path, *
         best, table = sweep_towers(model, train, dev, trials, source_for, log=log)
         fit = TowerFit(**{**asdict(fit), **{k: getattr(best, k) for k in ("tap", "depth", "rank", "scale", "keys")}})
     identity = base_identity(model, {**(training or {}), "seed": fit.seed, "kind": "tower", "states": states,
-                                     "skipped_too_long": skipped, "states": states, "state_seconds": round(t1 - t0, 1)})
+                                     "skipped_too_long": skipped, "state_seconds": round(t1 - t0, 1)})
     head = train_tower(model, train, dev, fit=fit, sources=(source_for(fit.tap, train), source_for(fit.tap, dev)),
                        identity=identity, progress=progress, log=log)
     head.config.metrics["sweep"] = table
