@@ -185,3 +185,20 @@ def test_thresholds_keep_everyday_false_refusals_within_the_budget():
     frr = lambda t: float(np.mean((probs - t).argmax(axis=1)[everyday] != answer))
     assert frr(capped) <= 0.02 < frr(free)
     assert macro_f1(y, (probs - capped).argmax(axis=1)) > 0.5  # still a classifier, not "answer" for all
+
+
+def test_thresholds_pull_a_refused_source_towards_its_budget():
+    from phasegpt.train.fit_head import tune_thresholds
+
+    rng = np.random.default_rng(1)
+    answer = LABELS.index("answer")
+    y = np.array([0, 1, 2, 3] * 100)
+    probs = np.eye(4)[y] * 0.35 + rng.dirichlet(np.ones(4), len(y)) * 0.65
+    sources = np.array(["a", "b"] * 200)
+    hard = (sources == "b") & (y == answer)
+    probs[hard] = probs[hard][:, [0, 1, 3, 2]]  # source b's answer rows lean to missing_context
+    frr = lambda t: float(np.mean((probs - t).argmax(axis=1)[hard] != answer))
+    plain = tune_thresholds(probs, y, sources=sources, source_weight=0.0)
+    pulled = tune_thresholds(probs, y, sources=sources, source_weight=1.0)
+    assert frr(pulled) < frr(plain)
+    assert pulled[LABELS.index("missing_context")] > plain[LABELS.index("missing_context")]

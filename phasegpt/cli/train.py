@@ -47,6 +47,11 @@ def _examples(paths: tuple[Path, ...]):
 @click.option("--depth", type=int, help="tower: blocks re-run after the tap, M (default 4).")
 @click.option("--rank", type=int, help="tower: LoRA rank (default 8).")
 @click.option("--epochs", type=float, help="tower: passes over the training rows (default 3; early stopping on dev).")
+@click.option("--lr", type=float, help="tower: Adam learning rate of the LoRA arrays (default 2e-4).")
+@click.option("--head-lr", type=float, help="tower: Adam learning rate of the MLP on top (default 1e-4).")
+@click.option("--source-frr-weight", type=float,
+              help="Thresholds: macro-F1 given up per unit of any answer source's dev false-refusal rate above 5% "
+              "(default 0.05; 0 = only the everyday budget).")
 @click.option("--sweep", "sweep_spec", help="tower: trials to sweep first, ';'-separated 'key=value,...' "
               "(e.g. 'tap=9;tap=13;tap=13,depth=2'), each trained for one epoch on 3,000 rows; the best is trained.")
 @click.option("--states", default="auto", show_default=True, type=click.Choice(["auto", "cache", "live"]),
@@ -54,7 +59,7 @@ def _examples(paths: tuple[Path, ...]):
               "linear/mlp: 'cache' pools the features from that per-token cache (shared with towers); "
               "otherwise pooled features are extracted and cached.")
 def train_head(model_, adapter, head, dtype, data, out, layers, candidates, pooling, kind, seed, batch_size, cap,
-               max_tokens, no_cache, tap, depth, rank, epochs, sweep_spec, states):
+               max_tokens, no_cache, tap, depth, rank, epochs, lr, head_lr, source_frr_weight, sweep_spec, states):
     """Train a refusal-reason head for a base model (and adapter) on labelled prompts.
 
     Rows with "split": "dev" tune layers, temperature and thresholds (a stable 20% of
@@ -81,7 +86,8 @@ def train_head(model_, adapter, head, dtype, data, out, layers, candidates, pool
         from phasegpt.train.tower import TowerFit
         from phasegpt.train.train_head import train_tower_head
 
-        given = {k: v for k, v in (("tap", tap), ("depth", depth), ("rank", rank), ("epochs", epochs)) if v is not None}
+        given = {k: v for k, v in (("tap", tap), ("depth", depth), ("rank", rank), ("epochs", epochs), ("lr", lr),
+                                   ("head_lr", head_lr), ("source_frr_weight", source_frr_weight)) if v is not None}
         with rank0_reports():
             h = train_tower_head(model, examples, out, fit=TowerFit(**given, seed=seed), sweep=_trials(sweep_spec),
                                  states=states, batch_size=batch_size, training=record, max_tokens=max_tokens,
@@ -90,7 +96,8 @@ def train_head(model_, adapter, head, dtype, data, out, layers, candidates, pool
         click.echo(f"wrote {out}: tower from block {h.config.tower['tap']} over {h.config.tower['depth']} blocks, "
                    f"rank {h.config.tower['rank']}, dev macro-F1 {m['dev_macro_f1']:.3f}, accuracy {m['dev_accuracy']:.3f}")
         return
-    fit = FitConfig(layers=_ints(layers), pooling=pooling, kind=kind, seed=seed)
+    given = {} if source_frr_weight is None else {"source_frr_weight": source_frr_weight}
+    fit = FitConfig(layers=_ints(layers), pooling=pooling, kind=kind, seed=seed, **given)
     with rank0_reports():
         h = run(model, examples, out, candidates=_ints(candidates), fit=fit, batch_size=batch_size,
                 use_cache=not no_cache, training=record, max_tokens=max_tokens,

@@ -140,7 +140,8 @@ def train_head(model: Any, examples: Sequence[Example], out: str | Path, *, dev:
                                      "skipped_too_long": skipped, "states": states,
                                      "feature_seconds": round(t1 - t0, 2)})
     everyday = np.array([e.source in EVERYDAY and e.label == "answer" for e in dev])
-    head = fit_head(xtr, ytr, xdv, ydv, layers=cands, cfg=fit, identity=identity, log=log, everyday=everyday)
+    head = fit_head(xtr, ytr, xdv, ydv, layers=cands, cfg=fit, identity=identity, log=log, everyday=everyday,
+                    sources=[e.source or "" for e in dev])
     head.config.training["fit_seconds"] = round(time.perf_counter() - t1, 2)
     log(f"head: layers {list(head.config.layers)}, pooling {head.config.pooling}, "
         f"temperature {head.config.temperature:.2f}, dev macro-F1 {head.config.metrics['dev_macro_f1']:.3f}")
