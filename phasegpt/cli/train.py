@@ -48,7 +48,7 @@ def _examples(paths: tuple[Path, ...]):
 @click.option("--rank", type=int, help="tower: LoRA rank (default 8).")
 @click.option("--epochs", type=float, help="tower: passes over the training rows (default 3; early stopping on dev).")
 @click.option("--lr", type=float, help="tower: Adam learning rate of the LoRA arrays (default 2e-4).")
-@click.option("--head-lr", type=float, help="tower: Adam learning rate of the MLP on top (default 1e-4).")
+@click.option("--head-lr", type=float, help="tower: Adam learning rate of the MLP on top (default 3e-4).")
 @click.option("--source-frr-weight", type=float,
               help="Thresholds: macro-F1 given up per unit of any answer source's dev false-refusal rate above 5% "
               "(default 0.05; 0 = only the everyday budget).")
