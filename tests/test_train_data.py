@@ -202,3 +202,17 @@ def test_thresholds_pull_a_refused_source_towards_its_budget():
     pulled = tune_thresholds(probs, y, sources=sources, source_weight=1.0)
     assert frr(pulled) < frr(plain)
     assert pulled[LABELS.index("missing_context")] > plain[LABELS.index("missing_context")]
+
+
+def test_mlp_members_are_one_mlp_whose_logits_are_their_mean():
+    from phasegpt.train.fit_head import FitConfig, _fit_mlp, _fit_one_mlp, _logits
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 240)
+    x = rng.standard_normal((240, 12)).astype(np.float32) + np.eye(4, 12)[y] * 2
+    cfg = FitConfig(kind="mlp", mlp_hidden=8, mlp_steps=60, mlp_members=3, seed=4)
+    wide = _fit_mlp(x, y, cfg, dev=(x, y))
+    members = [_fit_one_mlp(x, y, cfg, (x, y), seed=s) for s in (4, 5, 6)]
+    assert wide["w1"].shape == (12, 24)
+    assert not np.allclose(_logits(members[0], x), _logits(members[1], x))  # the seeds differ
+    np.testing.assert_allclose(_logits(wide, x), np.mean([_logits(m, x) for m in members], axis=0), atol=1e-4)

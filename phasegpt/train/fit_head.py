@@ -43,6 +43,7 @@ class FitConfig:
     probe_rows: int | None = 2500           # training rows (a seeded random subset) the sweep's probes fit on; None = all
     kind: str = "linear"                    # "linear" or "mlp"
     mlp_hidden: int = 256                   # width of the MLP's hidden layer
+    mlp_members: int = 5                    # MLPs from consecutive seeds whose logits are averaged (one wide MLP)
     l2: float = 0.01                        # L2 on the weights (standardised features)
     l2_grid: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1)  # tried on dev for the chosen layers; () = just l2
     mlp_steps: int = 2000                   # Adam minibatch (256) steps for the MLP, early-stopped on dev
@@ -148,13 +149,33 @@ def _solve(z: np.ndarray, y: np.ndarray, l2: float, *, tol: float = 1e-5, gtol: 
 
 
 def _fit_mlp(x: np.ndarray, y: np.ndarray, cfg: FitConfig, dev: tuple[np.ndarray, np.ndarray]) -> dict[str, np.ndarray]:
+    """``cfg.mlp_members`` MLPs (seeds ``cfg.seed``, ``cfg.seed + 1``, ...), their logits averaged.
+
+    The average is written as one MLP, so a head stays one MLP: the members' hidden layers side
+    by side, their output weights over k. Measured on the SmolLM2 dev rows (layers 9/17/21):
+    single MLPs scored dev macro-F1 0.823-0.828 (argmax) and, between seeds, 0.63-0.78 on the
+    German check and 0.74-0.91 on the Spanish one; five averaged scored 0.838 on dev.
+    """
+    members = [_fit_one_mlp(x, y, cfg, dev, seed=cfg.seed + i) for i in range(max(1, cfg.mlp_members))]
+    if len(members) == 1:
+        return members[0]
+    k = len(members)
+    return {"mean": members[0]["mean"], "std": members[0]["std"],
+            "w1": np.concatenate([m["w1"] for m in members], axis=1),
+            "b1": np.concatenate([m["b1"] for m in members]),
+            "w": (np.concatenate([m["w"] for m in members], axis=0) / k).astype(np.float32),
+            "b": np.mean([m["b"] for m in members], axis=0).astype(np.float32)}
+
+
+def _fit_one_mlp(x: np.ndarray, y: np.ndarray, cfg: FitConfig, dev: tuple[np.ndarray, np.ndarray], *,
+                 seed: int) -> dict[str, np.ndarray]:
     """One-hidden-layer MLP, class-weighted, minibatch Adam; returns head arrays.
 
     The weights are checked on ``dev`` (features, labels) every ``EVAL_EVERY`` steps and the
     best by dev macro-F1 are kept (early stopping).
     """
     l2 = cfg.mlp_l2
-    rng = np.random.default_rng(cfg.seed)
+    rng = np.random.default_rng(seed)
     mean, std = _standardise(x)
     z = (x - mean) / std
     n, f = z.shape

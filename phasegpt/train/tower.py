@@ -186,7 +186,7 @@ def _warm_start(net_tower: Tower, src_tr, src_dv, ytr, ydv, fit: TowerFit, rng) 
     sample = np.sort(rng.choice(len(ytr), min(len(ytr), WARM_ROWS), replace=False)).tolist()
     dev = np.sort(rng.choice(len(ydv), min(len(ydv), WARM_ROWS), replace=False)).tolist()
     xtr, xdv = _pooled(net_tower, src_tr, sample, fit.batch_tokens), _pooled(net_tower, src_dv, dev, fit.batch_tokens)
-    cfg = FitConfig(kind="mlp", mlp_hidden=fit.hidden, seed=fit.seed)
+    cfg = FitConfig(kind="mlp", mlp_hidden=fit.hidden, mlp_members=1, seed=fit.seed)  # the tower trains one MLP
     return _fit_mlp(xtr, ytr[sample], cfg, dev=(xdv, ydv[dev]))
 
 
