@@ -33,7 +33,6 @@ import argparse
 import json
 import os
 import resource
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,6 +45,7 @@ import common  # noqa: E402  (sets PHASEGPT_HOME to a temp dir and imports phase
 from common import median, spread, table  # noqa: E402
 
 import phasegpt  # noqa: E402
+from phasegpt.distributed import loopback_ports  # noqa: E402
 
 HERE = Path(__file__).resolve()
 CONFIGS = {  # name: (processes, how they start, PHASEGPT_CPU_STREAMS for each or None for the default)
@@ -153,32 +153,13 @@ def collectives_worker() -> None:
 
 
 def collectives(tmp: Path) -> dict[str, float]:
-    port = free_port(2)
+    port = loopback_ports(2)
     hosts = tmp / "collectives.hosts.json"
     hosts.write_text(json.dumps([[f"127.0.0.1:{port}"], [f"127.0.0.1:{port + 1}"]]))
     ranks = [subprocess.Popen([sys.executable, str(HERE), "--collectives"], stdout=subprocess.PIPE, text=True,
                               env={**os.environ, "MLX_RANK": str(r), "MLX_HOSTFILE": str(hosts)}) for r in range(2)]
     stdout = [r.communicate()[0] for r in ranks][0]
     return json.loads(next(line for line in stdout.splitlines() if line.startswith("RESULT "))[len("RESULT "):])
-
-
-def free_port(n: int) -> int:
-    """A port p with p .. p+n-1 free now (the ring backend listens on one per rank)."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            p = s.getsockname()[1]
-        if p + n < 65535 and all(_free(p + k) for k in range(n)):
-            return p
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
 
 
 def run(name: str, args, head: Path, data: Path, out: Path, plain: bool) -> dict:
@@ -190,7 +171,7 @@ def run(name: str, args, head: Path, data: Path, out: Path, plain: bool) -> dict
     cmd = [sys.executable, str(HERE), "--worker", "--input", str(data), "--output", str(out), "--head", str(head),
            "--batch-size", str(args.batch_size)] + (["--model", args.model] if args.model else []) \
         + (["--plain"] if plain else [])
-    port = free_port(processes)
+    port = loopback_ports(processes)
     before = _children_cpu()
     if start == "launch":
         cmd = [str(Path(sys.executable).with_name("mlx.launch")), "-n", str(processes), "-p", str(port), "--"] + cmd
@@ -224,7 +205,7 @@ def launcher_cpu(seconds: float = 10.0) -> float:
     subprocess.run(sleep, check=True)
     bare = _children_cpu() - alone  # a rank's own start-up, counted twice below
     before, t0 = _children_cpu(), time.perf_counter()
-    subprocess.run([launch, "-n", "2", "-p", str(free_port(2)), "--", *sleep], stdin=subprocess.PIPE, check=True,
+    subprocess.run([launch, "-n", "2", "-p", str(loopback_ports(2)), "--", *sleep], stdin=subprocess.PIPE, check=True,
                    capture_output=True)
     return (_children_cpu() - before - 2 * bare) / (time.perf_counter() - t0)
 

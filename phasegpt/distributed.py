@@ -205,3 +205,27 @@ def steps_per_exchange(seconds_per_step: float) -> int:
     so that a rank waits for a slower one less often (and a stop loses at most that much).
     Rank 0 decides and tells the others with the exchange."""
     return max(1, min(MAX_EVERY, int(SYNC_SECONDS / max(seconds_per_step, 1e-3))))
+
+
+def loopback_ports(n: int) -> int:
+    """A port ``p`` with ``p .. p+n-1`` free on 127.0.0.1 now: a ring of ``n`` ranks on this host
+    (``mlx.launch -n N -p P``, or a hostfile ``[["127.0.0.1:P"], ["127.0.0.1:P+1"], ...]``).
+
+    Raises:
+        OSError: no such block was found in 100 tries (the host is out of ports).
+    """
+    def free(port: int) -> bool:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return True
+            except OSError:
+                return False
+
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            p = s.getsockname()[1]
+        if p + n < 65535 and all(free(p + k) for k in range(n)):
+            return p
+    raise OSError(f"no block of {n} free ports on 127.0.0.1 in 100 tries")

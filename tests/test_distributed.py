@@ -7,7 +7,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,36 +17,16 @@ import pytest
 
 from phasegpt.batch import classify_file
 from phasegpt.batch.journal import journal_path
-from phasegpt.distributed import World, shard_by_tokens
+from phasegpt.distributed import World, loopback_ports, shard_by_tokens
 from tests.test_classify_file import many_rows, write_rows
 
 BIN = Path(sys.executable).parent
 TIMEOUT = 180
 
 
-def free_port(n: int) -> int:
-    """A port p with p .. p+n-1 free now (the ring backend listens on one per rank)."""
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            p = s.getsockname()[1]
-        if p + n < 65535 and all(_free(p + k) for k in range(n)):
-            return p
-    raise RuntimeError("no free ports")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
-
-
 def launch(*args: str, n: int = 2, env: dict | None = None) -> subprocess.CompletedProcess:
     """``mlx.launch -n N -- phasegpt ARGS`` (ring backend over loopback), as a user types it."""
-    cmd = [str(BIN / "mlx.launch"), "-n", str(n), "-p", str(free_port(n)), "--", str(BIN / "phasegpt"), *args]
+    cmd = [str(BIN / "mlx.launch"), "-n", str(n), "-p", str(loopback_ports(n)), "--", str(BIN / "phasegpt"), *args]
     # a pipe that never has data on stdin: mlx.launch forwards stdin to the ranks
     return subprocess.run(cmd, stdin=subprocess.PIPE, capture_output=True, text=True, timeout=TIMEOUT,
                           env=env or os.environ.copy())
@@ -89,7 +68,7 @@ def test_a_lost_rank_stops_the_job_and_a_rerun_resumes_it(tiny_model, tiny_args,
     src = write_rows(tmp_path / "in.jsonl", many_rows(n))
     whole, out = tmp_path / "whole.jsonl", tmp_path / "out.jsonl"
     classify_file(src, whole, model=tiny_model, batch_size=1)
-    port = free_port(2)
+    port = loopback_ports(2)
     hosts = tmp_path / "hosts.json"  # what mlx.launch hands the ring backend: one "ip:port" list per rank
     hosts.write_text(json.dumps([[f"127.0.0.1:{port}"], [f"127.0.0.1:{port + 1}"]]))
     cmd = [str(BIN / "phasegpt"), "classify", str(src), *tiny_args, "-o", str(out), "--batch-size", "1"]
@@ -117,7 +96,7 @@ def test_a_lost_rank_stops_the_job_and_a_rerun_resumes_it(tiny_model, tiny_args,
 def test_ranks_running_different_jobs_are_stopped_before_any_work(tiny_args, tmp_path):
     src = write_rows(tmp_path / "in.jsonl", many_rows(8))
     out = tmp_path / "out.jsonl"
-    port = free_port(2)
+    port = loopback_ports(2)
     hosts = tmp_path / "hosts.json"
     hosts.write_text(json.dumps([[f"127.0.0.1:{port}"], [f"127.0.0.1:{port + 1}"]]))
     ranks = [subprocess.Popen([str(BIN / "phasegpt"), "classify", str(src), *tiny_args, "-o", str(out),
