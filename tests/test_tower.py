@@ -276,3 +276,15 @@ def test_tower_reuses_a_state_cache_of_more_layers(base, tiny_data, tmp_path):
                             progress=False)
     assert head.config.kind == "tower" and (cache_dir(base, [0, 1]) / "index.json").is_file()
     assert not cache_dir(base, [1]).exists()  # the tap's states came from the two-layer cache
+
+
+def test_fixed_layers_within_the_candidates_reuse_their_state_cache(base, tiny_data, tmp_path):
+    from phasegpt.train.fit_head import FitConfig
+    from phasegpt.train.states import cache_dir
+    from phasegpt.train.train_head import train_head
+    train, dev = tiny_data
+    head = train_head(base, train + dev, tmp_path / "h", candidates=[0, 1], fit=FitConfig(layers=(1,)),
+                      progress=False, states="cache")
+    assert list(head.config.layers) == [1]
+    assert (cache_dir(base, [0, 1]) / "index.json").is_file()
+    assert not cache_dir(base, [1]).exists()  # naming layer 1 alone did not start a one-layer cache

@@ -115,9 +115,13 @@ def train_head(model: Any, examples: Sequence[Example], out: str | Path, *, dev:
     train, dev, skipped = prepare_splits(model, examples, dev, fit.seed, max_tokens, log)
     n = num_layers(model.loaded.model)
     cands = list(candidates) if candidates is not None else default_candidates(n)
-    if fit.layers is not None:  # fixed layers are model layer numbers; sweep them only
-        cands = sorted({i % n for i in fit.layers})
-        fit = FitConfig(**{**fit.__dict__, "layers": tuple(range(len(cands)))})
+    if fit.layers is not None:  # fixed layers are model layer numbers
+        fixed = sorted({i % n for i in fit.layers})
+        if candidates is None or not set(fixed) <= set(cands):
+            cands = fixed  # extract just those
+        # (within the candidates, the extraction and its cache are the candidates', which a state
+        # cache of those layers already holds: naming a subset must not start a new cache)
+        fit = FitConfig(**{**fit.__dict__, "layers": tuple(cands.index(i) for i in fixed)})
     t0 = time.perf_counter()
     if states == "cache" and w.size > 1:
         raise JobError("--states cache runs in one process (the state cache has one writer); "
