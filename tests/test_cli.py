@@ -111,6 +111,18 @@ def test_train_head_then_eval(tiny_dir, tmp_path):
     assert (tmp_path / "report" / "report.md").is_file()
 
 
+def test_train_head_members_set_the_mlp_width(tiny_dir, tmp_path):
+    import mlx.core as mx
+    data = _write_data(tmp_path / "data.jsonl")
+    widths = {}
+    for k in (1, 3):
+        r = invoke("train-head", "--model", tiny_dir, "-d", data, "--kind", "mlp", "--members", str(k),
+                   "-o", tmp_path / f"h{k}")
+        assert r.exit_code == 0, r.output
+        widths[k] = mx.load(str(tmp_path / f"h{k}" / "head.safetensors"))["w1"].shape[1]
+    assert widths == {1: 256, 3: 768}
+
+
 def test_train_head_bad_data(tiny_dir, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "a", "label": "answer"}\n{"prompt": "b", "label": "rude"}\n')
