@@ -288,3 +288,15 @@ def test_fixed_layers_within_the_candidates_reuse_their_state_cache(base, tiny_d
     assert list(head.config.layers) == [1]
     assert (cache_dir(base, [0, 1]) / "index.json").is_file()
     assert not cache_dir(base, [1]).exists()  # naming layer 1 alone did not start a one-layer cache
+
+
+def test_steps_are_random_samples_in_token_bounded_micro_batches():
+    from phasegpt.train.tower import steps
+    lengths = np.array([8] * 60 + [200] * 20)  # short rows of one kind, long rows of another
+    plan = steps(lengths, 16, 400, np.random.default_rng(0))
+    rows = [i for step in plan for micro in step for i in micro]
+    assert sorted(rows) == list(range(80))  # every row once per epoch
+    assert all(len(m) * max(lengths[m]) <= 400 or len(m) == 1 for step in plan for m in step)
+    assert all(len(sum(step, [])) == 16 for step in plan)  # each step a 16-row sample
+    mixed = [step for step in plan if len({int(lengths[i]) for i in sum(step, [])}) == 2]
+    assert len(mixed) >= 4  # steps mix the kinds (length-sorted batches alone would not)

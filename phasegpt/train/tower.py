@@ -282,6 +282,7 @@ def train_tower(model, train: Sequence, dev: Sequence, *, fit: TowerFit = TowerF
         opt.update(net, tree_map(lambda g: g / total_w, grads))
         mx.eval(net.parameters(), opt.state)
         return loss / total_w
+
     state = {"step": 0, "best_f1": -1.0, "bad": 0, "history": []}
     best = dict(tree_flatten(net.trainable_parameters()))
     ckpt = run_dir / "checkpoint.safetensors"
