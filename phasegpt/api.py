@@ -500,8 +500,12 @@ def cpu_streams() -> int:
         return min(int(setting), MAX_STREAMS)
     if not blas.single_threaded_ok():
         return 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(cores, MAX_STREAMS))
+    return max(1, min(usable_cores(), MAX_STREAMS))
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 # Shared by every Model; thread-local, so whichever thread runs a prefill (the worker) gets streams

@@ -88,12 +88,7 @@ class World:
         """The element-wise sum of every rank's ``x`` (same shape and dtype everywhere)."""
         if self.size == 1:
             return x
-        try:
-            out = mx.distributed.all_sum(mx.array(x), group=self.group, stream=mx.cpu)
-            mx.eval(out)
-        except RuntimeError as e:
-            raise _lost(e) from None
-        return np.array(out)
+        return self._collective(mx.distributed.all_sum, x)
 
     def gather_in_order(self, shares: Sequence[Sequence[int]], mine: Sequence[Any]) -> list[Any]:
         """Put every rank's results back in input order.
@@ -120,17 +115,21 @@ class World:
         ``cores // local_size`` each (two processes on two cores: one stream each), unless
         ``PHASEGPT_CPU_STREAMS`` sets the count for every process.
         """
-        from phasegpt.api import STREAMS_ENV, cpu_streams
+        from phasegpt.api import STREAMS_ENV, cpu_streams, usable_cores
 
         n = cpu_streams()
         if self.local_size == 1 or os.environ.get(STREAMS_ENV, "").strip():
             return n
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        return max(1, min(n, cores // self.local_size))
+        return max(1, min(n, usable_cores() // self.local_size))
 
     def _all_gather(self, x: np.ndarray) -> np.ndarray:
+        return self._collective(mx.distributed.all_gather, x)
+
+    def _collective(self, op, x: np.ndarray) -> np.ndarray:
+        """``op`` (an ``mx.distributed`` collective) on ``x`` over the group, on the CPU; a peer
+        lost mid-call is a ``RankLost``."""
         try:
-            out = mx.distributed.all_gather(mx.array(x), group=self.group, stream=mx.cpu)
+            out = op(mx.array(x), group=self.group, stream=mx.cpu)
             mx.eval(out)
         except RuntimeError as e:
             raise _lost(e) from None
