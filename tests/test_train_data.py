@@ -177,11 +177,11 @@ def test_thresholds_keep_everyday_false_refusals_within_the_budget():
     rng = np.random.default_rng(0)
     y = np.array([0, 1, 2, 3] * 50)
     probs = np.eye(4)[y] * 0.3 + rng.dirichlet(np.ones(4), len(y)) * 0.7  # a noisy but useful classifier
-    everyday = np.zeros(len(y), bool)
-    everyday[3::4] = True  # the answer rows are everyday requests
+    sources = np.array(["arena_hard"] * len(y))  # every answer row is an everyday request
+    everyday = y == LABELS.index("answer")
     answer = LABELS.index("answer")
     free = tune_thresholds(probs, y)
-    capped = tune_thresholds(probs, y, everyday=everyday, budget=0.02)
+    capped = tune_thresholds(probs, y, sources=sources, budget=0.02)
     frr = lambda t: float(np.mean((probs - t).argmax(axis=1)[everyday] != answer))
     assert frr(capped) <= 0.02 < frr(free)
     assert macro_f1(y, (probs - capped).argmax(axis=1)) > 0.5  # still a classifier, not "answer" for all

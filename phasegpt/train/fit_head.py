@@ -21,6 +21,7 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
+from phasegpt.evaluate import EVERYDAY
 from phasegpt.head import POOLINGS, Head, HeadConfig
 from phasegpt.verdict import LABELS
 
@@ -305,25 +306,25 @@ def calibrate(logits: np.ndarray, y: np.ndarray) -> float:
     return float(min(fine, key=nll))
 
 
-def tune_thresholds(probs: np.ndarray, y: np.ndarray, rounds: int = 2, *, everyday: np.ndarray | None = None,
-                    budget: float | None = None, sources: Sequence[str] | None = None,
-                    source_budget: float = 0.05, source_weight: float = 0.0) -> np.ndarray:
+def tune_thresholds(probs: np.ndarray, y: np.ndarray, rounds: int = 2, *, sources: Sequence[str] | None = None,
+                    budget: float | None = None, source_budget: float = 0.05, source_weight: float = 0.0) -> np.ndarray:
     """Per-class offsets subtracted from probs before argmax, by coordinate search on dev macro-F1.
 
-    With ``everyday`` (a mask of dev rows that are everyday requests, all labelled answer) and a
-    ``budget``, the search maximises macro-F1 minus a steep penalty for refusing more than
-    ``budget`` of those rows: false refusals are the failure users notice first, so the
-    operating point is chosen to keep them within the budget when it can.
+    With ``sources`` (each dev row's source) and a ``budget``, the search maximises macro-F1
+    minus a steep penalty for refusing more than ``budget`` of the everyday requests (the
+    ``answer`` rows of ``evaluate.EVERYDAY`` sources): false refusals are the failure users
+    notice first, so the operating point is chosen to keep them within the budget when it can.
 
-    With ``sources`` (each dev row's source) and ``source_weight`` > 0, every source with at
-    least ``MIN_SOURCE_ROWS`` answer rows on dev also costs ``source_weight`` times its
-    false-refusal rate above ``source_budget``: a gentler pull than the everyday budget's, which
-    trades a little macro-F1 for fewer refusals of answerable maths and RAG questions.
+    With ``source_weight`` > 0, every source with at least ``MIN_SOURCE_ROWS`` answer rows on dev
+    also costs ``source_weight`` times its false-refusal rate above ``source_budget``: a gentler
+    pull than the everyday budget's, which trades a little macro-F1 for fewer refusals of
+    answerable maths and RAG questions.
     """
     answer = LABELS.index("answer")
+    src = None if sources is None else np.asarray(sources)
+    everyday = None if src is None else np.isin(src, EVERYDAY) & (y == answer)
     groups: list[np.ndarray] = []
-    if sources is not None and source_weight > 0:
-        src = np.asarray(sources)
+    if src is not None and source_weight > 0:
         groups = [m for s in sorted(set(src.tolist())) if (m := (src == s) & (y == answer)).sum() >= MIN_SOURCE_ROWS]
 
     def score(t: np.ndarray) -> float:
@@ -387,7 +388,7 @@ def head_ood(arrays: dict[str, np.ndarray], xtr: np.ndarray, xdv: np.ndarray, se
 
 def fit_head(train: np.ndarray, ytr: np.ndarray, dev: np.ndarray, ydv: np.ndarray, *, layers: list[int],
              cfg: FitConfig = FitConfig(), identity: dict[str, Any], log=lambda s: None,
-             everyday: np.ndarray | None = None, sources: Sequence[str] | None = None) -> Head:
+             sources: Sequence[str] | None = None) -> Head:
     """Sweep, fit, calibrate and threshold a head on features from ``features.extract``.
 
     Args:
@@ -398,10 +399,9 @@ def fit_head(train: np.ndarray, ytr: np.ndarray, dev: np.ndarray, ydv: np.ndarra
         identity: HeadConfig fields naming the base (base_model, base_fingerprint,
             adapter_sha256, hidden_size) and the training record.
         log: called with progress lines.
-        everyday: mask of dev rows that are everyday requests (``evaluate.EVERYDAY`` sources),
-            whose false refusals the thresholds keep within ``cfg.frr_budget``.
-        sources: each dev row's source, whose false refusals the thresholds pull towards
-            ``cfg.source_frr_budget`` (with ``cfg.source_frr_weight``).
+        sources: each dev row's source: the thresholds keep the everyday sources' false refusals
+            within ``cfg.frr_budget`` and pull every source's towards ``cfg.source_frr_budget``
+            (with ``cfg.source_frr_weight``).
     """
     layer_idx, pooling, table = sweep(train, ytr, dev, ydv, cfg, log)
     xtr, xdv = select(train, layer_idx, pooling), select(dev, layer_idx, pooling)
@@ -425,7 +425,7 @@ def fit_head(train: np.ndarray, ytr: np.ndarray, dev: np.ndarray, ydv: np.ndarra
     dev_logits = _logits(arrays, xdv)
     temperature = calibrate(dev_logits, ydv)
     probs = _softmax(dev_logits, temperature)
-    offsets = tune_thresholds(probs, ydv, everyday=everyday, budget=cfg.frr_budget, sources=sources,
+    offsets = tune_thresholds(probs, ydv, sources=sources, budget=cfg.frr_budget,
                               source_budget=cfg.source_frr_budget, source_weight=cfg.source_frr_weight) \
         if cfg.tune_thresholds \
         else np.zeros(len(LABELS))

@@ -40,7 +40,6 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
-from phasegpt.evaluate import EVERYDAY
 from phasegpt.head import TOWER_PREFIX, Head, HeadConfig, pool
 from phasegpt.paths import user_dir
 from phasegpt.tower import ALL_KEYS, Tower, TowerConfig
@@ -346,17 +345,16 @@ def train_tower(model, train: Sequence, dev: Sequence, *, fit: TowerFit = TowerF
             bar.render_finish()
     net.update(tree_unflatten(list(best.items())))
     seconds = time.perf_counter() - t0
-    everyday = np.array([e.source in EVERYDAY and e.label == "answer" for e in dev])
-    return _finish(net, src_tr, src_dv, ytr, ydv, fit, identity or {}, state, seconds, log, model, everyday,
+    return _finish(net, src_tr, src_dv, ytr, ydv, fit, identity or {}, state, seconds, log, model,
                    [e.source or "" for e in dev])
 
 
-def _finish(net, src_tr, src_dv, ytr, ydv, fit, identity, state, seconds, log, model, everyday, sources) -> Head:
+def _finish(net, src_tr, src_dv, ytr, ydv, fit, identity, state, seconds, log, model, sources) -> Head:
     """Temperature, thresholds and the OOD statistic on the best weights; the Head."""
     dev_logits = outputs(net, src_dv, batch_tokens=2 * fit.batch_tokens)
     temperature = calibrate(dev_logits, ydv)
     probs = _softmax(dev_logits, temperature)
-    offsets = tune_thresholds(probs, ydv, everyday=everyday, budget=fit.frr_budget, sources=sources,
+    offsets = tune_thresholds(probs, ydv, sources=sources, budget=fit.frr_budget,
                               source_budget=fit.source_frr_budget, source_weight=fit.source_frr_weight) \
         if fit.tune_thresholds \
         else np.zeros(len(LABELS))

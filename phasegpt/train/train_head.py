@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 
 from phasegpt.distributed import JobError, world
-from phasegpt.evaluate import EVERYDAY
 from phasegpt.head import Head
 from phasegpt.paths import user_dir
 from phasegpt.tap import num_layers
@@ -143,8 +142,7 @@ def train_head(model: Any, examples: Sequence[Example], out: str | Path, *, dev:
     identity = base_identity(model, {**(training or {}), "seed": fit.seed, "candidates": cands, "kind": fit.kind,
                                      "skipped_too_long": skipped, "states": states,
                                      "feature_seconds": round(t1 - t0, 2)})
-    everyday = np.array([e.source in EVERYDAY and e.label == "answer" for e in dev])
-    head = fit_head(xtr, ytr, xdv, ydv, layers=cands, cfg=fit, identity=identity, log=log, everyday=everyday,
+    head = fit_head(xtr, ytr, xdv, ydv, layers=cands, cfg=fit, identity=identity, log=log,
                     sources=[e.source or "" for e in dev])
     head.config.training["fit_seconds"] = round(time.perf_counter() - t1, 2)
     log(f"head: layers {list(head.config.layers)}, pooling {head.config.pooling}, "
