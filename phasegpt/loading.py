@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -131,25 +132,7 @@ def _load_gguf(path: Path, dtype: str, name: str) -> Any:
     from phasegpt.gguf.summary import weights_bytes
 
     file = open_gguf(path)
-    target = dtype
-    if dtype == "auto":
-        target = "float32" if mx.default_device() == mx.cpu else "native"
-        if target == "float32":
-            need, avail = weights_bytes(file, "float32"), _available_memory()
-            if avail and need > 0.8 * avail:
-                warnings.warn(
-                    f"{name}: float32 weights would take {need / 2**30:.1f} GiB of {avail / 2**30:.1f} GiB "
-                    "available, so they stay quantized (slow on CPU); pass dtype='native' to silence this",
-                    stacklevel=4,
-                )
-                target = "native"
-    elif dtype != "native":
-        need, avail = weights_bytes(file, dtype), _available_memory()
-        if avail and need > 0.9 * avail:
-            raise ModelLoadError(
-                f"{name} in {dtype} needs {need / 2**30:.1f} GiB but only {avail / 2**30:.1f} GiB is available; "
-                "use dtype='native' (keep weights quantized) or a smaller model"
-            )
+    target = _choose_dtype(dtype, name, lambda d: weights_bytes(file, d), stacklevel=4)
     return load_gguf(file, dtype=target)
 
 
@@ -232,33 +215,42 @@ def _available_memory() -> int:
     return int(mx.device_info().get("memory_size", 0)) if hasattr(mx, "device_info") else 0
 
 
+def _choose_dtype(dtype: str, name: str, need: Callable[[str], int], *, stacklevel: int) -> str:
+    """The dtype to load in: ``native`` (weights as stored) or a float dtype's name.
+
+    ``auto`` is float32 on the CPU (as stored on a GPU) unless float32 would take over 0.8 of the
+    available memory: then the weights stay as stored, with a warning. An explicit float dtype
+    needing over 0.9 of it raises ``ModelLoadError``. ``need(dtype)`` gives the weights' bytes.
+    """
+    if dtype == "native" or (dtype == "auto" and mx.default_device() != mx.cpu):
+        return "native"
+    if dtype == "auto":
+        bytes_, avail = need("float32"), _available_memory()
+        if avail and bytes_ > 0.8 * avail:
+            warnings.warn(
+                f"{name}: float32 weights would take {bytes_ / 2**30:.1f} GiB of {avail / 2**30:.1f} GiB "
+                "available, so they stay as stored (slow on CPU); pass dtype='native' to silence this",
+                stacklevel=stacklevel + 1,
+            )
+            return "native"
+        return "float32"
+    bytes_, avail = need(dtype), _available_memory()
+    if avail and bytes_ > 0.9 * avail:
+        raise ModelLoadError(
+            f"{name} in {dtype} needs {bytes_ / 2**30:.1f} GiB but only {avail / 2**30:.1f} GiB is available; "
+            "use dtype='native' (keep weights quantized) or a smaller model"
+        )
+    return dtype
+
+
 def _apply_dtype(model: nn.Module, dtype: str, name: str) -> str:
     from mlx_lm.utils import dequantize_model
 
+    dtype = _choose_dtype(dtype, name, lambda d: _weights_bytes(model, getattr(mx, d).size)[0], stacklevel=3)
     if dtype == "native":
         return _current_dtype(model)
-    on_cpu = mx.default_device() == mx.cpu
-    if dtype == "auto":
-        if not on_cpu:
-            return _current_dtype(model)
-        dtype = "float32"
-        need, _ = _weights_bytes(model, 4)
-        avail = _available_memory()
-        if avail and need > 0.8 * avail:
-            warnings.warn(
-                f"{name}: float32 weights would take {need / 2**30:.1f} GiB of {avail / 2**30:.1f} GiB "
-                "available, so they stay as stored (slow on CPU); pass dtype='native' to silence this",
-                stacklevel=3,
-            )
-            return _current_dtype(model)
     target = getattr(mx, dtype)
-    need, quantized = _weights_bytes(model, target.size)
-    avail = _available_memory()
-    if avail and need > 0.9 * avail:
-        raise ModelLoadError(
-            f"{name} in {dtype} needs {need / 2**30:.1f} GiB but only {avail / 2**30:.1f} GiB is available; "
-            "use dtype='native' (keep weights quantized) or a smaller model"
-        )
+    _, quantized = _weights_bytes(model, target.size)
     if quantized:
         dequantize_model(model)
     model.set_dtype(target)
