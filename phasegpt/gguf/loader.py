@@ -93,12 +93,11 @@ def load_gguf(path: str | Path | GGUFFile, *, dtype: str = "native") -> GGUFMode
 
     weights, records = {}, {}
     for entry in entries:
-        base = entry.target.rsplit(".", 1)[0]
-        suffix = entry.target.rsplit(".", 1)[1]
+        base, leaf = entry.target.rsplit(".", 1)
         data = _unpermute_rows(entry.tensor.data, entry.rows) if entry.rows else entry.tensor.data
         params, stored = quants.load(entry.tensor.kind, data, entry.tensor.shape, entry.plan, shift=entry.shift)
-        if suffix == "bias":
-            params, stored = {"bias": params["weight"]}, {"bias": stored["weight"]} if stored else None
+        if leaf == "bias":  # quants.load names a tensor's array "weight"; a bias is never quantized
+            params, stored = {"bias": params["weight"]}, ({"bias": stored["weight"]} if stored else None)
         weights.update({f"{base}.{key}": value for key, value in params.items()})
         if stored is None:  # K- and I-quants enter the fingerprint as the file's bytes
             records[entry.target] = weight_record(entry.target, np.asarray(data), shape=entry.tensor.shape,

@@ -121,7 +121,7 @@ def load(kind: str, data: np.ndarray, shape: tuple[int, ...], how: Plan, *,
     stored: dict[str, mx.array] | None = None
     if kind in FLOATS:
         stored = {"weight": mx.array(_floats(kind, data)).astype(getattr(mx, FLOATS[kind])).reshape(shape)}
-        params = {"weight": stored["weight"].astype(getattr(mx, how.dtype)) if not how.quantized else stored["weight"]}
+        params = {"weight": stored["weight"].astype(getattr(mx, how.dtype))}  # floats always plan a float dtype
     elif kind in EXACT:
         triples, halves = [], []
         for start in chunks:

@@ -63,7 +63,8 @@ def weights_bytes(file: GGUFFile, target: str) -> int:
     total = 0
     for tensor in file.tensors:
         if tensor.kind in quants.READABLE:
-            how = quants.plan(tensor.kind, tensor.shape, target, quantizable=_quantizable(tensor.name, tensor.shape))
+            # every 2-D weight of the mapped architectures belongs to a Linear or an Embedding (plan checks 2-D)
+            how = quants.plan(tensor.kind, tensor.shape, target, quantizable=tensor.name.endswith(".weight"))
             total += how.nbytes(tensor.shape)
     return total
 
@@ -131,8 +132,3 @@ def format_summary(s: Summary) -> str:
         rows += [(f"  {kind}", f"native: {how}") for kind, how in s.native.items()]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
-
-
-def _quantizable(name: str, shape: tuple[int, ...]) -> bool:
-    # Every 2-D weight of the mapped architectures belongs to a Linear or an Embedding.
-    return name.endswith(".weight") and len(shape) == 2
