@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from phasegpt.cli.options import load_model, model_options
+from phasegpt.cli.options import load_model, model_options, rank0_reports
 from phasegpt.errors import PhasegptError
 from phasegpt.prompting import check_request, check_text
 
@@ -157,27 +157,22 @@ def classify(input_file, model_, adapter, head, dtype, output, batch_size, on_er
     """
     from phasegpt.batch import classify_file
     from phasegpt.batch.journal import journal_path
-    from phasegpt.distributed import JobError, world
+    from phasegpt.distributed import world
 
     w = world()
     loader = lambda: load_model(model_, adapter, head, dtype, _audit(audit))  # noqa: E731  (after the rows are checked)
     with tempfile.TemporaryDirectory(prefix="phasegpt-classify-") as tmp:
         out = output if output is not None else Path(tmp) / "out.jsonl"
         try:
-            summary = classify_file(input_file, out, model=loader, batch_size=batch_size, on_error=on_error,
-                                    resume=resume and output is not None, progress=True)
+            with rank0_reports():
+                summary = classify_file(input_file, out, model=loader, batch_size=batch_size, on_error=on_error,
+                                        resume=resume and output is not None, progress=True)
         except KeyboardInterrupt:
             if w.rank == 0:
                 kept = f" the verdicts done so far are kept in {journal_path(out)}: run the same command again " \
                        "to resume" if output is not None else ""
                 click.echo(f"stopped;{kept}" if kept else "stopped", err=True)
             raise SystemExit(130) from None
-        except JobError:
-            if w.rank == 0:
-                raise
-            # every rank found the same; rank 0 says it and exits 1. Exiting 0 here because mlx.launch
-            # stops all ranks as soon as one fails, which could cut rank 0's message short
-            raise SystemExit(0) from None
         except (PhasegptError, ValueError, OSError) as e:
             if w.rank > 0:  # say which process of the job it was
                 raise click.ClickException(f"rank {w.rank}: {e}") from None
