@@ -108,6 +108,17 @@ class World:
                 out[i] = r
         return out
 
+    def check_same_job(self, params: dict[str, Any]) -> None:
+        """Raise ``JobError`` on every rank unless all were given equal ``params`` (JSON-serialisable):
+        every rank computes the whole plan of a job, so each must be given the same one."""
+        if self.size == 1:
+            return
+        for r, theirs in enumerate(self.gather(params)):
+            differs = [k.replace("_", " ") for k in params if theirs.get(k) != params[k]]
+            if differs:
+                raise JobError(f"rank {r} runs another job than rank {self.rank} (another {', '.join(differs)}); "
+                               "give every process the same command, data files, model, head and MLX")
+
     def streams(self) -> int:
         """CPU streams this process should split a batch over: its share of the host's cores.
 

@@ -120,7 +120,7 @@ def classify_file(input: str | Path, output: str | Path, *, model: Any = None, b
 
             raise ValueError(NO_HEAD)
         header = _header(m, rows, batch_size)
-        _same_job(w, {**header, "on_error": on_error, "mlx": mx.__version__})
+        w.check_same_job({**header, "on_error": on_error, "mlx": mx.__version__})
         lengths = np.zeros(len(rows), dtype=np.int64)
         errors |= _each(w, rows, lambda i: _count(m, rows, i, lengths), skip=errors)
         _fail_on(errors, on_error)
@@ -136,15 +136,6 @@ def classify_file(input: str | Path, output: str | Path, *, model: Any = None, b
         skipped = tuple(errors[i] for i in sorted(errors))
         return Summary(output=out, rows=len(rows), classified=len(rows) - len(skipped), skipped=len(skipped),
                        resumed=int(done.sum()), seconds=time.perf_counter() - t0, errors=skipped)
-
-
-def _same_job(w: World, params: dict[str, Any]) -> None:
-    """Every rank must run the same job (model, head, options, MLX): each computes the whole plan."""
-    for r, theirs in enumerate(w.gather(params)):
-        differs = [k.replace("_", " ") for k in params if theirs.get(k) != params[k]]
-        if differs:
-            raise JobError(f"rank {r} runs another job than rank {w.rank} (another {', '.join(differs)}); "
-                           "give every process the same command, model, head and MLX")
 
 
 def _load(model: Any):

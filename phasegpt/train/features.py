@@ -27,7 +27,7 @@ import numpy as np
 
 from phasegpt import blas
 from phasegpt.api import Request, batches, spans_of
-from phasegpt.distributed import JobError, World, in_turns, shard_by_tokens, steps_per_exchange, world
+from phasegpt.distributed import World, in_turns, shard_by_tokens, steps_per_exchange, world
 from phasegpt.head import pool
 from phasegpt.paths import user_dir
 from phasegpt.progress import Progress
@@ -70,7 +70,8 @@ def extract(model, examples: Sequence[Example], layers: Sequence[int], *, batch_
     layers = list(layers)
     keys = [e.key for e in examples]
     w = world()
-    _same_job(w, keys, layers, batch_size, model)
+    w.check_same_job({"examples": hashlib.sha256(json.dumps(keys).encode()).hexdigest(), "layers": layers,
+                      "batch_size": batch_size, "model": model.loaded.fingerprint})
     path = cache_file(model, layers)
     cached = _load(path) if use_cache else {}
     todo = list({k: e for k, e in zip(keys, examples)}.items())
@@ -82,19 +83,6 @@ def extract(model, examples: Sequence[Example], layers: Sequence[int], *, batch_
         _run(w, model, todo, layers, batch_size, cached, progress, save)
         save()
     return np.stack([cached[k] for k in keys]).astype(np.float32)
-
-
-def _same_job(w: World, keys: list[str], layers: list[int], batch_size: int, model) -> None:
-    """Every rank computes the whole plan, so each must be given the same work."""
-    if w.size == 1:
-        return
-    mine = {"examples": hashlib.sha256(json.dumps(keys).encode()).hexdigest(), "layers": layers,
-            "batch size": batch_size, "model": model.loaded.fingerprint}
-    for r, theirs in enumerate(w.gather(mine)):
-        differs = [k for k in mine if theirs[k] != mine[k]]
-        if differs:
-            raise JobError(f"rank {r} extracts other features than rank {w.rank} (other {', '.join(differs)}); "
-                           "give every process the same command, data files and model")
 
 
 def _run(w: World, model, todo: list[tuple[str, Example]], layers, batch_size, out, progress, save) -> None:
