@@ -54,12 +54,14 @@ class World:
         rank: this process, 0 .. size-1; rank 0 writes the output.
         size: how many processes run the job.
         local_size: how many of them run on this host (they share its cores).
+        local_rank: this process among those, 0 .. local_size-1 (0 does the host's shared writes).
     """
 
     group: Any
     rank: int
     size: int
     local_size: int = 1
+    local_rank: int = 0
 
     def gather_bytes(self, data: bytes) -> list[bytes]:
         """Every rank's ``data``, by rank (on every rank)."""
@@ -167,7 +169,7 @@ def world() -> World:
     # the MAC address tells apart two hosts that happen to share a name (two "MacBook-Pro"s)
     host = f"{socket.gethostname()}/{uuid.getnode():x}"
     hosts = alone.gather(host)
-    return World(group, alone.rank, alone.size, local_size=hosts.count(host))
+    return World(group, alone.rank, alone.size, local_size=hosts.count(host), local_rank=hosts[:alone.rank].count(host))
 
 
 def shard_by_tokens(lengths: Sequence[int], size: int) -> list[list[int]]:

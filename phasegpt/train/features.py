@@ -79,7 +79,8 @@ def extract(model, examples: Sequence[Example], layers: Sequence[int], *, batch_
     lacking = w.all_sum(np.array([k not in cached for k, _ in todo], dtype=np.int32))
     todo = [ke for ke, n in zip(todo, lacking) if n]
     if todo:
-        save = (lambda: _save(path, cached)) if use_cache else (lambda: None)
+        # every rank holds every feature: one process per host writes the host's cache
+        save = (lambda: _save(path, cached)) if use_cache and w.local_rank == 0 else (lambda: None)
         _run(w, model, todo, layers, batch_size, cached, progress, save)
         save()
     return np.stack([cached[k] for k in keys]).astype(np.float32)
