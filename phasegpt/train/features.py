@@ -221,8 +221,13 @@ def _classify_all(model, examples: Sequence[Example], batch_size: int,
     tokens) and every rank gets every result, in order."""
     w = world()
     everything = [list(range(len(examples)))]
-    shares = everything if w.size == 1 else shard_by_tokens(
-        [len(model.prepare(e.request, e.context).ids) for e in examples], w.size)
+    if w.size == 1:
+        shares = everything
+    else:  # every size-th prompt tokenized on each rank, the counts summed (as _run does)
+        lengths = np.zeros(len(examples), dtype=np.int64)
+        for i in range(w.rank, len(examples), w.size):
+            lengths[i] = len(model.prepare(examples[i].request, examples[i].context).ids)
+        shares = shard_by_tokens(w.all_sum(lengths).tolist(), w.size)
     mine = [examples[i] for i in shares[w.rank]]
     out = []
     step = 8 * batch_size  # classify sorts each call's prompts by length: give it several batches at once
