@@ -103,8 +103,7 @@ def serial_costs(model, tmp: Path, n: int) -> dict[str, float]:
     from phasegpt.batch.rows import Rows
 
     path = tmp / "serial.jsonl"
-    path.write_text("".join(json.dumps({"id": k, "prompt": p, "context": c}) + "\n"
-                            for k, (p, c) in enumerate(common.synthetic_prompts(n, seed=1))))
+    write_rows(path, n, seed=1)
     verdict = model.classify(["a verdict to log"])[0].to_dict()
     out, clock = {}, time.process_time  # CPU time: the machine's other jobs stretch wall time
     t0 = clock()
@@ -152,14 +151,34 @@ def collectives_worker() -> None:
         print("RESULT " + json.dumps(out), flush=True)
 
 
+def write_rows(path: Path, n: int, *, seed: int = 0) -> None:
+    """``n`` rows of ``common.synthetic_prompts`` as a classify input file."""
+    path.write_text("".join(json.dumps({"id": k, "prompt": p, "context": c}) + "\n"
+                            for k, (p, c) in enumerate(common.synthetic_prompts(n, seed=seed))))
+
+
+def ring(cmd: list[str], n: int, env: dict[str, str], hostfile: Path) -> tuple[int, str, str]:
+    """``n`` copies of ``cmd`` as the ranks of a ring on loopback, started as ``mlx.launch`` would set
+    them up (``MLX_RANK``, ``MLX_HOSTFILE``) but without it: (worst exit code, rank 0's stdout, all stderr)."""
+    port = loopback_ports(n)
+    hostfile.write_text(json.dumps([[f"127.0.0.1:{port + r}"] for r in range(n)]))
+    ranks = [subprocess.Popen(cmd, env={**env, "MLX_RANK": str(r), "MLX_HOSTFILE": str(hostfile)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(n)]
+    outs = [r.communicate() for r in ranks]
+    return max(abs(r.returncode) for r in ranks), outs[0][0], "".join(e for _, e in outs)
+
+
+def result(name: str, code: int, stdout: str, stderr: str) -> dict:
+    """The last ``RESULT {...}`` line a run printed; exits with its output if it failed or printed none."""
+    lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
+    if code != 0 or not lines:
+        raise SystemExit(f"{name} failed ({code}):\n{stdout[-2000:]}\n{stderr[-4000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
 def collectives(tmp: Path) -> dict[str, float]:
-    port = loopback_ports(2)
-    hosts = tmp / "collectives.hosts.json"
-    hosts.write_text(json.dumps([[f"127.0.0.1:{port}"], [f"127.0.0.1:{port + 1}"]]))
-    ranks = [subprocess.Popen([sys.executable, str(HERE), "--collectives"], stdout=subprocess.PIPE, text=True,
-                              env={**os.environ, "MLX_RANK": str(r), "MLX_HOSTFILE": str(hosts)}) for r in range(2)]
-    stdout = [r.communicate()[0] for r in ranks][0]
-    return json.loads(next(line for line in stdout.splitlines() if line.startswith("RESULT "))[len("RESULT "):])
+    return result("collectives", *ring([sys.executable, str(HERE), "--collectives"], 2, dict(os.environ),
+                                       tmp / "collectives.hosts.json"))
 
 
 def run(name: str, args, head: Path, data: Path, out: Path, plain: bool) -> dict:
@@ -171,24 +190,16 @@ def run(name: str, args, head: Path, data: Path, out: Path, plain: bool) -> dict
     cmd = [sys.executable, str(HERE), "--worker", "--input", str(data), "--output", str(out), "--head", str(head),
            "--batch-size", str(args.batch_size)] + (["--model", args.model] if args.model else []) \
         + (["--plain"] if plain else [])
-    port = loopback_ports(processes)
     before = _children_cpu()
     if start == "launch":
-        cmd = [str(Path(sys.executable).with_name("mlx.launch")), "-n", str(processes), "-p", str(port), "--"] + cmd
+        cmd = [str(Path(sys.executable).with_name("mlx.launch")), "-n", str(processes), "-p",
+               str(loopback_ports(processes)), "--"] + cmd
     if start == "env":  # what mlx.launch sets up for the ring backend on one host, without the launcher
-        hostfile = out.with_suffix(".hosts.json")
-        hostfile.write_text(json.dumps([[f"127.0.0.1:{port + r}"] for r in range(processes)]))
-        ranks = [subprocess.Popen(cmd, env={**env, "MLX_RANK": str(r), "MLX_HOSTFILE": str(hostfile)},
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(processes)]
-        outs = [r.communicate() for r in ranks]
-        code, stdout, stderr = max(abs(r.returncode) for r in ranks), outs[0][0], "".join(e for _, e in outs)
+        code, stdout, stderr = ring(cmd, processes, env, out.with_suffix(".hosts.json"))
     else:  # stdin: a pipe that never has data (mlx.launch forwards stdin to the ranks)
         p = subprocess.run(cmd, env=env, stdin=subprocess.PIPE, capture_output=True, text=True)
         code, stdout, stderr = p.returncode, p.stdout, p.stderr
-    lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
-    if code != 0 or not lines:
-        raise SystemExit(f"{name} failed ({code}):\n{stdout[-2000:]}\n{stderr[-4000:]}")
-    return {**json.loads(lines[-1][len("RESULT "):]), "all_cpu": _children_cpu() - before}
+    return {**result(name, code, stdout, stderr), "all_cpu": _children_cpu() - before}
 
 
 def _children_cpu() -> float:
@@ -240,8 +251,7 @@ def main() -> None:
     model = common.load(args.model)
     head = common.random_head(model, tmp / "head", layers=[int(x) for x in args.layers.split(",")])
     data = tmp / "rows.jsonl"
-    data.write_text("".join(json.dumps({"id": k, "prompt": p, "context": c}) + "\n"
-                            for k, (p, c) in enumerate(common.synthetic_prompts(args.rows))))
+    write_rows(data, args.rows)
     del model
     print(common.machine_line())
     print(f"{args.rows} rows, batch size {args.batch_size}, {args.rounds} rounds, model {args.model or 'SmolLM2-135M'}")

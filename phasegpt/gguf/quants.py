@@ -12,7 +12,7 @@ Three kinds of GGML type:
   numpy decoder) turns them into float32; to stay quantized they are re-quantized with
   ``mx.quantize`` to the bits in ``REQUANT_BITS`` with groups of 64, whose float16 scale and
   bias cost 0.5 bit per weight, so the result is about as big as the file (Q4_K: 4.5 bits per
-  weight in both). This is lossy; ``benchmarks/gguf.py`` measures how far it moves the logits.
+  weight in both). This is lossy; ``benchmarks/gguf_load.py`` measures how far it moves the logits.
 
 Rows are independent in every GGML type (blocks run along a row), so a tensor is decoded in
 chunks of rows, which bounds numpy's temporaries, and row permutations can be applied to the

@@ -1,8 +1,8 @@
 """What reading GGUF costs: load time and peak memory against the file's size, and prefill speed after it.
 
-    python benchmarks/gguf.py                  # Gemma 3 270M Q4_K_M (scripts/setup.sh --dev), ~9 min here
-    python benchmarks/gguf.py --model X.gguf   # any GGUF phasegpt reads
-    python benchmarks/gguf.py --rounds 1       # quick look
+    python benchmarks/gguf_load.py                  # Gemma 3 270M Q4_K_M (scripts/setup.sh --dev), ~9 min here
+    python benchmarks/gguf_load.py --model X.gguf   # any GGUF phasegpt reads
+    python benchmarks/gguf_load.py --rounds 1       # quick look
 
 1. Load: ``phasegpt.load(FILE)`` with ``dtype="auto"`` (float32 on this CPU) and ``"native"``
    (legacy types kept as MLX affine, K-quants re-quantized), each in a fresh process so its peak
@@ -31,10 +31,6 @@ sys.path.insert(0, str(HERE))
 
 import common  # noqa: E402  (sets PHASEGPT_HOME to a temp dir and imports phasegpt before mlx)
 from common import median, order, table  # noqa: E402
-
-# This file is named gguf.py: take its folder off the path again, or `import gguf` (llama.cpp's
-# package, which phasegpt.gguf reads with) would find this script.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 
 import mlx.core as mx  # noqa: E402
 import mlx.nn as nn  # noqa: E402
