@@ -560,12 +560,7 @@ def cut(batch: list, sizes: Sequence[int]) -> list[list]:
 def spans_of(requests: Sequence[Request], sizes: Sequence[int]) -> list[tuple[int, int] | mx.array]:
     """The span argument of ``head.pool`` for consecutive parts of ``requests`` of the given sizes:
     one shared ``(pre, post)`` when a part's requests agree (plain prompts), else a (B, 2) array."""
-    out, at = [], 0
-    for n in sizes:
-        part = [r.span for r in requests[at:at + n]]
-        at += n
-        out.append(part[0] if len(set(part)) == 1 else mx.array(part))
-    return out
+    return [part[0] if len(set(part)) == 1 else mx.array(part) for part in cut([r.span for r in requests], sizes)]
 
 
 def batches(lengths: Sequence[int], batch_size: int, max_tokens: int = MAX_BATCH_TOKENS) -> Iterator[list[int]]:
