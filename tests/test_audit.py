@@ -23,7 +23,7 @@ import pytest
 
 from phasegpt.audit import AuditLog, AuditRecord
 from phasegpt.audit.keys import read_key
-from phasegpt.audit.migrations import GENESIS, MIGRATIONS, KEYED_FIELDS, row_to_fields
+from phasegpt.audit.migrations import CROCKFORD, GENESIS, MIGRATIONS, KEYED_FIELDS, row_to_fields
 from phasegpt.errors import AuditError
 from tests.audit_helpers import fill, insert, key_of, keyed, make_verdict, raw
 
@@ -423,13 +423,15 @@ def test_deleted_first_record_is_named(log):
     assert (log.verify().problem, log.verify().record_id) == ("deleted", ids[0])
 
 
-def _other_id(like: str, last: str) -> str:
-    """``like`` with its last character set to ``last``, or to "1" if it already ends so.
+def _other_id(db: sqlite3.Connection, like: str) -> str:
+    """A well-formed id that differs from ``like`` only in its last character and is not in the log.
 
-    Ids end in a random base-32 character: a fixed one alone would equal the original 1 time
-    in 32 and the insert would fail on the UNIQUE id instead of testing verify().
+    Ids made in the same millisecond count up in their last characters, so a fixed replacement
+    character can equal a neighbour's id and the insert would fail on the UNIQUE id instead of
+    testing verify().
     """
-    return like[:-1] + (last if like[-1] != last else "1")
+    taken = {row[0] for row in db.execute("SELECT id FROM records")}
+    return next(like[:-1] + c for c in CROCKFORD if like[:-1] + c not in taken)
 
 
 def _forge_after(db: sqlite3.Connection, template_id: str, new_id: str, prev: sqlite3.Row | None) -> dict:
@@ -445,7 +447,7 @@ def test_record_appended_without_the_head_is_inserted(log):
     ids = fill(log, 4)
     db, hash_fn = raw(log), keyed(key_of(log))  # even a forger with the key
     last = db.execute("SELECT * FROM records ORDER BY seq DESC LIMIT 1").fetchone()
-    new_id = _other_id(ids[-1], "Z")
+    new_id = _other_id(db, ids[-1])
     forged = _forge_after(db, ids[0], new_id, last)
     insert(db, forged, hash_fn(forged))
     result = log.verify()
@@ -459,7 +461,7 @@ def test_record_slipped_into_the_middle_is_inserted(log):
     db.execute("UPDATE records SET seq = -seq * 10")  # leave room between positions
     at = db.execute("SELECT * FROM records WHERE id = ?", (ids[1],)).fetchone()
     # Claims the same predecessor as ids[2] (as a copy would) and sits just before it.
-    forged = _forge_after(db, ids[2], _other_id(ids[2], "0"), at)
+    forged = _forge_after(db, ids[2], _other_id(db, ids[2]), at)
     insert(db, forged, hash_fn(forged), seq=at["seq"] + 5)
     result = log.verify()
     assert (result.problem, result.record_id) == ("inserted", forged["id"])
@@ -469,7 +471,7 @@ def test_forged_record_without_the_key_is_edited(log):
     ids = fill(log, 3)
     db = raw(log)
     last = db.execute("SELECT * FROM records ORDER BY seq DESC LIMIT 1").fetchone()
-    forged = _forge_after(db, ids[0], _other_id(ids[-1], "Z"), last)
+    forged = _forge_after(db, ids[0], _other_id(db, ids[-1]), last)
     from phasegpt.audit.migrations import FIELDS, record_hash
 
     insert(db, forged, record_hash({f: forged[f] for f in FIELDS}))  # the only hash a keyless forger has
