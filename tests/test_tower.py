@@ -300,3 +300,24 @@ def test_steps_are_random_samples_in_token_bounded_micro_batches():
     assert all(len(sum(step, [])) == 16 for step in plan)  # each step a 16-row sample
     mixed = [step for step in plan if len({int(lengths[i]) for i in sum(step, [])}) == 2]
     assert len(mixed) >= 4  # steps mix the kinds (length-sorted batches alone would not)
+
+
+def test_warm_start_reads_the_untrained_towers_output_from_the_cache(base, tiny_data):
+    # The states after block K+M in the cache are what the untrained tower computes from those
+    # after block K: the warm start reads them for every row instead of running the tower.
+    from phasegpt.tower import Tower
+    from phasegpt.train.tower import _untrained_features
+
+    train, dev = tiny_data
+    fit = TowerFit(**{**FIT.__dict__, "tap": 0, "depth": 2})
+    ys = (np.arange(len(train)) % 4, np.arange(len(dev)) % 4)
+    tower = Tower(base.loaded.model, fit.tower_config())
+    both = extract_states(base, train + dev, [0, 1, 2], progress=False)
+    tap_only = extract_states(base, train + dev, [0], progress=False)
+    read = _untrained_features(tower, [CachedStates(both, 0, [e.key for e in rows]) for rows in tiny_data], ys,
+                               fit, np.random.default_rng(0))
+    run = _untrained_features(tower, [CachedStates(tap_only, 0, [e.key for e in rows]) for rows in tiny_data], ys,
+                              fit, np.random.default_rng(0))
+    for (x_read, y_read), (x_run, y_run) in zip(read, run):
+        assert x_read.shape == x_run.shape and np.array_equal(y_read, y_run)  # every row, in order, both ways
+        assert np.abs(x_read - x_run).max() < 0.05 * np.abs(x_run).max()  # float16 states either way

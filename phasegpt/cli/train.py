@@ -48,10 +48,11 @@ def _examples(paths: tuple[Path, ...]):
 @click.option("--rank", type=int, help="tower: LoRA rank (default 8).")
 @click.option("--epochs", type=float, help="tower: passes over the training rows (default 3; early stopping on dev).")
 @click.option("--lr", type=float, help="tower: Adam learning rate of the LoRA arrays (default 2e-4).")
-@click.option("--head-lr", type=float, help="tower: Adam learning rate of the MLP on top (default 3e-4).")
+@click.option("--head-lr", type=float, help="tower: Adam learning rate of the MLP on top (default 3e-4; 0 keeps the warm-start MLP fixed).")
 @click.option("--members", type=click.IntRange(1, 32),
               help="mlp: MLPs from consecutive seeds whose logits are averaged (default 5; the head grows with "
-              "it: 24 MB on SmolLM2's three layers, about 126 MiB on three of Mistral-7B's, 24 MiB with 1).")
+              "it: 24 MB on SmolLM2's three layers, about 126 MiB on three of Mistral-7B's, 24 MiB with 1); "
+              "tower: the warm-start MLPs averaged the same way before fine-tuning (default 5).")
 @click.option("--source-frr-weight", type=float,
               help="Thresholds: macro-F1 given up per unit of any answer source's dev false-refusal rate above 5% "
               "(default 0.05; 0 = only the everyday budget).")
@@ -90,7 +91,8 @@ def train_head(model_, adapter, head, dtype, data, out, layers, candidates, pool
         from phasegpt.train.train_head import train_tower_head
 
         given = {k: v for k, v in (("tap", tap), ("depth", depth), ("rank", rank), ("epochs", epochs), ("lr", lr),
-                                   ("head_lr", head_lr), ("source_frr_weight", source_frr_weight)) if v is not None}
+                                   ("head_lr", head_lr), ("source_frr_weight", source_frr_weight),
+                                   ("members", members)) if v is not None}
         with rank0_reports():
             h = train_tower_head(model, examples, out, fit=TowerFit(**given, seed=seed), sweep=_trials(sweep_spec),
                                  states=states, batch_size=batch_size, training=record, max_tokens=max_tokens,

@@ -3,8 +3,11 @@
 1. states   the residual stream after block K for every training and dev prompt, from the
             on-disk cache (``states.extract_states``), or computed batch by batch from the base
             model when the cache would not fit (``LiveStates``; Mistral-7B on a laptop);
-2. warm     an MLP fitted (as ``fit_head`` fits one) on the untrained tower's features, the
-            base's own blocks K+1..K+M: the fine-tuning starts from the frozen-feature head;
+2. warm     MLPs fitted (as ``fit_head`` fits them, ``members`` seeds averaged into one wide
+            MLP) on the untrained tower's features, the base's own blocks K+1..K+M: the
+            fine-tuning starts from the frozen-feature head. With the states after block K+M in
+            the cache those features are read from it for every row (the untrained tower
+            computes exactly them); otherwise the tower runs over ``WARM_ROWS`` rows;
 3. fit      class-weighted cross-entropy through the tower (mlx-lm's LoRA layers), the final
             norm, last+mean pooling and a one-hidden-layer MLP; Adam for the LoRA arrays and
             for the head (its own learning rate), warm-up then cosine decay; dev macro-F1 every
@@ -58,7 +61,7 @@ from phasegpt.train.fit_head import (
 from phasegpt.verdict import LABELS
 
 CHECKPOINT_EVERY = 300.0  # seconds between resumable checkpoints
-WARM_ROWS = 4000          # training (and dev) rows the warm-start MLP is fitted on
+WARM_ROWS = 4000          # rows the warm-start MLP is fitted on when the tower has to compute its features
 
 
 @dataclass(frozen=True)
@@ -70,10 +73,11 @@ class TowerFit:
     rank: int = 8                       # LoRA rank
     scale: float = 20.0                 # LoRA scale (mlx-lm's default)
     keys: tuple[str, ...] = ALL_KEYS    # adapted projections (all seven: attention and MLP)
-    hidden: int = 256                   # MLP hidden width
+    hidden: int = 256                   # MLP hidden width (of each member)
+    members: int = 5                    # warm-start MLPs (seeds) averaged into one MLP of members * hidden
     epochs: float = 3.0                 # passes over the training rows (early stopping may end sooner)
     lr: float = 2e-4                    # Adam learning rate of the LoRA arrays
-    head_lr: float = 3e-4               # Adam learning rate of the MLP (1e-3 undid the warm start: measured)
+    head_lr: float = 3e-4               # Adam learning rate of the MLP (1e-3 undid the warm start: measured; 0 freezes it)
     warmup: int = 20                    # steps of linear warm-up
     step_rows: int = 128                # rows per optimiser step: a random sample of the training rows
     batch_tokens: int = 4096            # padded positions per micro-batch (a step's rows, length-sorted)
@@ -97,6 +101,7 @@ class CachedStates:
         missing = [k for k in keys if k not in cache]
         if missing:
             raise ValueError(f"{len(missing)} examples have no cached states; run states.extract_states first")
+        self.cache, self.keys = cache, list(keys)
         self.view = cache.view(layer)
         self.rows = [cache.rows[k] for k in keys]
         self.lengths = np.array([n for _, n, _, _ in self.rows])
@@ -169,24 +174,40 @@ class TowerHead(nn.Module):
         return arrays
 
 
-def _pooled(tower: Tower, source, idx: Sequence[int], batch_tokens: int) -> np.ndarray:
-    """Pooled last+mean features (len(idx), 2D) of the tower's output for rows ``idx``, in order."""
+def _pooled(run: Callable[[mx.array], mx.array], source, idx: Sequence[int], batch_tokens: int) -> np.ndarray:
+    """Pooled last+mean features (len(idx), 2D) of ``run(states)`` for rows ``idx``, in order."""
     feats: dict[int, np.ndarray] = {}
     for b in _chunks(source.lengths, idx, batch_tokens):
         h, n, s = source.batch(b)
-        feats.update(zip(b, np.array(pool({0: tower(h)}, (0,), "last+mean", n, s))))
+        feats.update(zip(b, np.array(pool({0: run(h)}, (0,), "last+mean", n, s))))
     return np.stack([feats[i] for i in idx])
 
 
-def _warm_start(net_tower: Tower, src_tr, src_dv, ytr, ydv, fit: TowerFit, rng) -> dict[str, np.ndarray]:
+def _untrained_features(tower: Tower, sources, ys, fit: TowerFit, rng) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(features, labels) of the untrained tower for the training and dev rows.
+
+    Cached states after block K+M are what the untrained tower computes from those after
+    block K (to float16 rounding), so with them only the final norm runs, over every row, in
+    seconds. Otherwise the tower runs, on a sample of ``WARM_ROWS`` rows of each.
+    """
+    after = fit.tap + fit.depth
+    if all(isinstance(s, CachedStates) and after in s.cache.layers for s in sources):
+        return [(_pooled(tower.norm, CachedStates(s.cache, after, s.keys), range(len(y)), fit.batch_tokens), y)
+                for s, y in zip(sources, ys)]
+    out = []
+    for s, y in zip(sources, ys):
+        idx = np.sort(rng.choice(len(y), min(len(y), WARM_ROWS), replace=False)).tolist()
+        out.append((_pooled(tower, s, idx, fit.batch_tokens), y[idx]))
+    return out
+
+
+def _warm_start(tower: Tower, src_tr, src_dv, ytr, ydv, fit: TowerFit, rng) -> dict[str, np.ndarray]:
     """Standardisation and MLP fitted on the untrained tower's features (the base's own blocks):
     probing first, then fine-tuning everything from there, converges in far fewer steps than
     fine-tuning from a random head, and never starts below the frozen-feature head."""
-    sample = np.sort(rng.choice(len(ytr), min(len(ytr), WARM_ROWS), replace=False)).tolist()
-    dev = np.sort(rng.choice(len(ydv), min(len(ydv), WARM_ROWS), replace=False)).tolist()
-    xtr, xdv = _pooled(net_tower, src_tr, sample, fit.batch_tokens), _pooled(net_tower, src_dv, dev, fit.batch_tokens)
-    cfg = FitConfig(kind="mlp", mlp_hidden=fit.hidden, mlp_members=1, seed=fit.seed)  # the tower trains one MLP
-    return _fit_mlp(xtr, ytr[sample], cfg, dev=(xdv, ydv[dev]))
+    (xtr, y_tr), dev = _untrained_features(tower, (src_tr, src_dv), (ytr, ydv), fit, rng)
+    cfg = FitConfig(kind="mlp", mlp_hidden=fit.hidden, mlp_members=fit.members, seed=fit.seed)
+    return _fit_mlp(xtr, y_tr, cfg, dev=dev)
 
 
 def _chunks(lengths: np.ndarray, idx: Sequence[int], batch_tokens: int) -> list[list[int]]:
@@ -248,7 +269,7 @@ def train_tower(model, train: Sequence, dev: Sequence, *, fit: TowerFit = TowerF
     tower = Tower(model.loaded.model, fit.tower_config())
     rng = np.random.default_rng(fit.seed)
     warm = _warm_start(tower, src_tr, src_dv, ytr, ydv, fit, rng)
-    net = TowerHead(tower, mx.array(warm["mean"]), mx.array(warm["std"]), fit.hidden)
+    net = TowerHead(tower, mx.array(warm["mean"]), mx.array(warm["std"]), warm["w1"].shape[1])
     net.fc1.weight, net.fc1.bias = mx.array(warm["w1"].T), mx.array(warm["b1"])
     net.out.weight, net.out.bias = mx.array(warm["w"].T), mx.array(warm["b"])
     _, weight = _balance(ytr)
