@@ -4,8 +4,9 @@ Under ``mlx.launch`` (ring backend over TCP by default, or MPI, or JACCL) every 
 same command; ``world()`` says which rank this process is, how many there are, and how many share
 its host (and so its cores). Work is shared out by token count (``shard_by_tokens``) and results
 come back in input order (``World.gather_in_order``). Batch jobs that fix their batches up front
-deal them out in steps, one batch per CPU stream of every rank (``in_turns``), and exchange
-results every ``SYNC_SECONDS`` or so of work (``steps_per_exchange``).
+(``batch.classify``, ``train.features``) run them with ``run_in_turns``: dealt out in steps, one
+batch per CPU stream of every rank (``in_turns``), results exchanged every ``SYNC_SECONDS`` or so
+of work (``steps_per_exchange``).
 
 The collectives carry bytes: small JSON or numpy payloads next to the forward passes that make
 them (on loopback an all-gather of 1 MB between two processes takes ~4 ms, of a few bytes ~0.1
@@ -21,8 +22,10 @@ import heapq
 import json
 import os
 import socket
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -210,6 +213,41 @@ def in_turns(batches: Sequence[Sequence[int]], streams: Sequence[int]) -> list[l
             step[r].append(b)
         steps.append(step)
     return steps
+
+
+def run_in_turns(w: World, batches: Sequence[Sequence[int]], work: Callable[[list[Sequence[int]]], bytes],
+                 collect: Callable[[list[list[int]], list[bytes], Any], None],
+                 decide: Callable[[], Any] = lambda: None) -> None:
+    """Run fixed ``batches`` on every rank's CPU streams in turns (``in_turns``), exchanging results
+    about every ``SYNC_SECONDS``. Every rank of the job makes the same call.
+
+    Args:
+        batches: item indices, the same on every rank, in the order to run them (longest first).
+        work: this rank's share of one step -> bytes: its batches at once, one per CPU stream,
+            with a one-thread BLAS (a batch's numbers depend on the BLAS's thread count too,
+            measured on OpenBLAS; the cores go to the streams and the ranks instead).
+        collect: called on every rank at every exchange with ``done[r]`` (the items rank ``r``
+            ran since the last exchange, in the order of its batches), ``blobs[r]`` (its
+            ``work`` bytes for them, concatenated) and what rank 0's ``decide()`` returned
+            (JSON, e.g. whether to save now: every rank acts on the same answer).
+    """
+    from phasegpt import blas
+
+    steps = in_turns(batches, w.gather(w.streams()))
+    single = blas.one_thread() if mx.default_device() == mx.cpu else nullcontext()
+    with single:
+        at, every = 0, 1
+        while at < len(steps):
+            t0, mine = time.perf_counter(), []
+            for step in steps[at:at + every]:
+                if step[w.rank]:
+                    mine.append(work(step[w.rank]))
+            ran = steps[at:at + every]
+            said = w.broadcast({"every": steps_per_exchange((time.perf_counter() - t0) / len(ran)),
+                                "decided": decide() if w.rank == 0 else None})
+            done = [[i for step in ran for b in step[r] for i in b] for r in range(w.size)]  # every rank knows whose
+            collect(done, w.gather_bytes(b"".join(mine)), said["decided"])
+            at, every = at + every, said["every"]
 
 
 def steps_per_exchange(seconds_per_step: float) -> int:

@@ -8,7 +8,7 @@ of about the same length (balanced by tokens, not rows). Since a prompt's number
 batch it is computed in and on nothing else, the output is the same, bit for bit, for any number
 of processes or cores, and when a stopped job is resumed with another number of them.
 
-Every ``distributed.SYNC_SECONDS`` or so of work the ranks' verdicts go to rank 0 in one all-gather; rank 0
+Every ``distributed.SYNC_SECONDS`` or so of work (``distributed.run_in_turns``) the ranks' verdicts go to rank 0; rank 0
 appends them to the job's log (``journal``) and, at the end, merges the log in input order into the
 output file.
 """
@@ -27,10 +27,9 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
-from phasegpt import blas
 from phasegpt.batch.journal import Journal, journal_path
 from phasegpt.batch.rows import RowError, Rows
-from phasegpt.distributed import JobError, World, in_turns, steps_per_exchange, world
+from phasegpt.distributed import JobError, World, run_in_turns, world
 from phasegpt.progress import Progress
 from phasegpt.prompting import normalize_context
 
@@ -214,31 +213,20 @@ def _plan(lengths: np.ndarray, errors: Mapping[int, RowError], done: np.ndarray,
 
 def _run(w: World, m, rows: Rows, todo: list[list[int]], journal: Journal | None, progress: bool,
          metadata: Mapping[str, Any] | None) -> None:
-    steps = in_turns(todo, w.gather(w.streams()))
+    def collect(done: list[list[int]], blobs: list[bytes], _) -> None:
+        if journal is not None:
+            journal.append((i, json.loads(line)) for items, blob in zip(done, blobs)
+                           for i, line in zip(items, blob.decode().split("\n")))
+        if shown is not None:
+            shown.update([len(items) for items in done])
+
     shown = Progress(sum(len(b) for b in todo), w.size) if progress and w.rank == 0 else None
-    # One thread of BLAS per stream, always: a batch's numbers depend on the BLAS's thread count
-    # too (measured on OpenBLAS), and the cores are used by the streams (and the ranks) instead.
-    single = blas.one_thread() if mx.default_device() == mx.cpu else nullcontext()
-    with single, (shown or nullcontext()):
-        at, every = 0, 1
-        while at < len(steps):
-            t0, mine = time.perf_counter(), []
-            for step in steps[at:at + every]:
-                mine += _verdicts(m, rows, step[w.rank], metadata)
-            per_step = (time.perf_counter() - t0) / len(steps[at:at + every])
-            at += every
-            said = w.gather({"done": mine, "every": steps_per_exchange(per_step) if w.rank == 0 else None})
-            every = said[0]["every"]
-            if journal is not None:
-                journal.append((i, v) for part in said for i, v in part["done"])
-            if shown is not None:
-                shown.update([len(p["done"]) for p in said])
+    with shown or nullcontext():
+        run_in_turns(w, todo, lambda mine: _verdicts(m, rows, mine, metadata), collect)
 
 
-def _verdicts(m, rows: Rows, batches: list[list[int]], metadata) -> list[tuple[int, dict]]:
-    """This rank's share of one step: its batches at once, one CPU stream each."""
-    if not batches:
-        return []
+def _verdicts(m, rows: Rows, batches: list[list[int]], metadata) -> bytes:
+    """This rank's share of one step, its batches at once (one CPU stream each): a JSON line per verdict."""
     requests = [rows.request(i) for b in batches for i in b]
     prepared = [m.prepare(prompt, context) for _, prompt, context in requests]
     t0 = time.perf_counter()
@@ -246,4 +234,4 @@ def _verdicts(m, rows: Rows, batches: list[list[int]], metadata) -> list[tuple[i
     per_item = (time.perf_counter() - t0) / len(prepared)
     for v, (_, prompt, context) in zip(verdicts, requests):  # before rank 0 logs it: a stop re-records, never loses
         m._record(v, prompt, context, None, per_item, dict(metadata or {}))
-    return [(i, v.to_dict()) for i, v in zip((i for b in batches for i in b), verdicts)]
+    return "".join(json.dumps(v.to_dict()) + "\n" for v in verdicts).encode()

@@ -25,9 +25,8 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
-from phasegpt import blas
 from phasegpt.api import Request, batches, spans_of
-from phasegpt.distributed import World, in_turns, shard_by_tokens, steps_per_exchange, world
+from phasegpt.distributed import World, run_in_turns, shard_by_tokens, world
 from phasegpt.head import pool
 from phasegpt.paths import user_dir
 from phasegpt.progress import Progress
@@ -98,35 +97,27 @@ def _run(w: World, model, todo: list[tuple[str, Example]], layers, batch_size, o
     def request(i: int) -> Request:
         return requests.pop(i) if i in requests else model.prepare(todo[i][1].request, todo[i][1].context)
 
-    plan = list(batches(lengths.tolist(), batch_size))[::-1]  # longest first: the last step is the cheapest
-    steps = in_turns(plan, w.gather(w.streams()))
-    shown = Progress(len(todo), w.size, label="extracting features") if progress and w.rank == 0 else None
-    single = blas.one_thread() if mx.default_device() == mx.cpu else nullcontext()  # as in batch.classify
+    def work(mine: list[list[int]]) -> bytes:
+        return _pooled(model, [[request(i) for i in b] for b in mine], layers).tobytes()
+
+    def collect(done: list[list[int]], blobs: list[bytes], save_now: bool) -> None:
+        nonlocal last_save
+        for items, blob in zip(done, blobs):
+            if not items:  # a rank with no batch left at the last steps
+                continue
+            feats = np.frombuffer(blob, dtype=np.float32).reshape(len(items), len(layers), 2, -1)
+            out.update((todo[i][0], row) for i, row in zip(items, feats))
+        if shown is not None:
+            shown.update([len(items) for items in done])
+        if save_now:  # a long run keeps what it did if it is stopped; rank 0 says when, so all caches agree
+            save()
+            last_save = time.monotonic()
+
     last_save = time.monotonic()
-    with single, (shown or nullcontext()):
-        at, every = 0, 1
-        while at < len(steps):
-            t0, mine = time.perf_counter(), []
-            for step in steps[at:at + every]:
-                if step[w.rank]:
-                    mine.append(_pooled(model, [[request(i) for i in b] for b in step[w.rank]], layers))
-            per_step = (time.perf_counter() - t0) / len(steps[at:at + every])
-            # rank 0 says how many steps run before the next exchange, and when to save, so all caches agree
-            said = w.broadcast({"every": steps_per_exchange(per_step), "save": time.monotonic() - last_save > SAVE_EVERY})
-            counts = []
-            for r, blob in enumerate(w.gather_bytes(np.concatenate(mine).tobytes() if mine else b"")):
-                done = [i for step in steps[at:at + every] for b in step[r] for i in b]  # every rank knows whose
-                if done:
-                    feats = np.frombuffer(blob, dtype=np.float32).reshape(len(done), len(layers), 2, -1)
-                    for i, row in zip(done, feats):
-                        out[todo[i][0]] = row
-                counts.append(len(done))
-            if shown is not None:
-                shown.update(counts)
-            at, every = at + every, said["every"]
-            if said["save"]:  # a long run keeps what it did if it is stopped
-                save()
-                last_save = time.monotonic()
+    plan = list(batches(lengths.tolist(), batch_size))[::-1]  # longest first: the last step is the cheapest
+    shown = Progress(len(todo), w.size, label="extracting features") if progress and w.rank == 0 else None
+    with shown or nullcontext():
+        run_in_turns(w, plan, work, collect, decide=lambda: time.monotonic() - last_save > SAVE_EVERY)
 
 
 def _pooled(model, parts: list[list[Request]], layers: list[int]) -> np.ndarray:
