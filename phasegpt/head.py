@@ -53,7 +53,7 @@ class HeadConfig:
     temperature: float = 1.0                # divides logits; fitted on the dev split
     thresholds: dict[str, float] = field(default_factory=lambda: {k: 0.0 for k in LABELS})
     base_model: str = ""                    # name of the model the head was trained on
-    base_fingerprint: str = ""              # loading.fingerprint_model of that model
+    base_fingerprint: str = ""              # fingerprint.fingerprint_model of that model
     adapter_sha256: str | None = None       # adapter the features were taken with, if any
     hidden_size: int = 0                    # residual width of the base model
     weights_sha256: str = ""                # SHA-256 of head.safetensors, checked on load

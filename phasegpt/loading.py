@@ -25,14 +25,13 @@ from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
-import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
 from phasegpt.errors import MismatchError, ModelLoadError
+from phasegpt.fingerprint import fingerprint_model
 from phasegpt.hub import resolve
 
 DTYPES = ("auto", "float32", "float16", "bfloat16", "native")
-_SAMPLE = 2048  # elements per tensor that enter the fingerprint (evenly strided)
 
 
 @dataclass(frozen=True)
@@ -155,41 +154,6 @@ def _load_folder(path: Path) -> tuple[nn.Module, Any, dict]:
     except Exception as e:  # transformers raises many types here
         raise ModelLoadError(f"could not load the tokenizer in {path}: {e}; the folder needs tokenizer.json or tokenizer.model") from e
     return net, tokenizer, config
-
-
-def fingerprint_model(model: nn.Module, config: dict) -> str:
-    """A short digest of the architecture config and a strided sample of every weight.
-
-    Sampling keeps it fast on 7B models while still telling two bases (or two fine-tunes)
-    apart. Computed on weights as stored, so the same file gives the same fingerprint
-    whatever dtype it is later cast to.
-    """
-    return fingerprint_records(config, {name: weight_record(name, w) for name, w in tree_flatten(model.parameters())})
-
-
-def fingerprint_records(config: dict, records: dict[str, bytes]) -> str:
-    """The digest of ``config`` and one ``weight_record`` per parameter name (hashed in name order)."""
-    h = hashlib.sha256()
-    keys = sorted(k for k in config if k not in ("quantization", "quantization_config", "torch_dtype"))
-    h.update(json.dumps({k: config[k] for k in keys}, sort_keys=True, default=str).encode())
-    for name in sorted(records):
-        h.update(records[name])
-    return h.hexdigest()[:16]
-
-
-def weight_record(name: str, w: mx.array | np.ndarray, *, shape: tuple[int, ...] | None = None,
-                  dtype: str | None = None) -> bytes:
-    """What one weight adds to the fingerprint: its name, shape and dtype, and a strided sample.
-
-    ``shape``/``dtype`` override what ``w`` says (a GGUF K-quant enters as its raw bytes under its
-    logical shape and type name, see ``phasegpt.gguf.loader``).
-    """
-    flat = w.reshape(-1)
-    sample = flat[:: max(1, flat.size // _SAMPLE)][:_SAMPLE]
-    if isinstance(sample, mx.array) and sample.dtype == mx.bfloat16:
-        sample = sample.astype(mx.float32)
-    label = f"{name}:{tuple(w.shape) if shape is None else shape}:{w.dtype if dtype is None else dtype}"
-    return label.encode() + np.asarray(sample).tobytes()
 
 
 def _weights_bytes(model: nn.Module, itemsize: int) -> tuple[int, bool]:

@@ -25,7 +25,7 @@ from phasegpt.gguf import quants
 from phasegpt.gguf.architectures import TOP, Architecture, Metadata, architecture
 from phasegpt.gguf.reader import REINSTALL, GGUFFile, Tensor, open_gguf
 from phasegpt.gguf.tokenizer import tokenizer_from_metadata
-from phasegpt.loading import fingerprint_records, weight_record
+from phasegpt.fingerprint import fingerprint_records, weight_record
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class GGUFModel:
         tokenizer: mlx-lm's ``TokenizerWrapper`` (chat template included).
         config: the mlx-lm ``config.json``-style dict the model was built from (with a
             ``quantization`` entry when modules are quantized).
-        fingerprint: ``phasegpt.loading.fingerprint_records`` of the weights as the file holds them, the
+        fingerprint: ``phasegpt.fingerprint.fingerprint_records`` of the weights as the file holds them, the
             same whatever ``dtype`` they were loaded in.
         dtype: ``float32``/``float16``/``bfloat16``, or ``quantized`` when any module is.
     """
