@@ -1,1 +1,1 @@
-"""Training: the typed-refusal LoRA adapter (mlx-lm's tuner) and the classifier head."""
+"""Training: classifier heads on tapped states (linear, MLP, or a LoRA tower over the next blocks) and the typed-refusal LoRA adapter (mlx-lm's tuner)."""
