@@ -314,10 +314,31 @@ def test_warm_start_reads_the_untrained_towers_output_from_the_cache(base, tiny_
     tower = Tower(base.loaded.model, fit.tower_config())
     both = extract_states(base, train + dev, [0, 1, 2], progress=False)
     tap_only = extract_states(base, train + dev, [0], progress=False)
-    read = _untrained_features(tower, [CachedStates(both, 0, [e.key for e in rows]) for rows in tiny_data], ys,
-                               fit, np.random.default_rng(0))
-    run = _untrained_features(tower, [CachedStates(tap_only, 0, [e.key for e in rows]) for rows in tiny_data], ys,
-                              fit, np.random.default_rng(0))
+    read = _untrained_features(tower, [(CachedStates(both, 0, [e.key for e in rows]), y, np.arange(len(y)))
+                                       for rows, y in zip(tiny_data, ys)], fit, np.random.default_rng(0))
+    run = _untrained_features(tower, [(CachedStates(tap_only, 0, [e.key for e in rows]), y, np.arange(len(y)))
+                                      for rows, y in zip(tiny_data, ys)], fit, np.random.default_rng(0))
     for (x_read, y_read), (x_run, y_run) in zip(read, run):
         assert x_read.shape == x_run.shape and np.array_equal(y_read, y_run)  # every row, in order, both ways
         assert np.abs(x_read - x_run).max() < 0.05 * np.abs(x_run).max()  # float16 states either way
+
+
+def test_warm_share_splits_the_training_rows_once():
+    from phasegpt.train.tower import split_rows
+
+    warm, fine = split_rows(100, 0.5, seed=3)
+    assert len(warm) == len(fine) == 50 and not set(warm) & set(fine) and set(warm) | set(fine) == set(range(100))
+    assert np.array_equal(warm, split_rows(100, 0.5, seed=3)[0])  # the same rows again (a resumed run)
+    assert not np.array_equal(warm, split_rows(100, 0.5, seed=4)[0])
+    both = split_rows(100, 1.0, seed=3)
+    assert np.array_equal(both[0], np.arange(100)) and np.array_equal(both[1], np.arange(100))
+
+
+def test_tower_fine_tunes_on_the_rows_its_warm_start_did_not_fit(base, tiny_data, tmp_path):
+    train, dev = tiny_data
+    cache = extract_states(base, train + dev, [0], progress=False)
+    sources = (CachedStates(cache, 0, [e.key for e in train]), CachedStates(cache, 0, [e.key for e in dev]))
+    fit = TowerFit(**{**FIT.__dict__, "warm_share": 0.5, "step_rows": 16})
+    head = train_tower(base, train, dev, fit=fit, sources=sources, progress=False, run_dir=tmp_path)
+    assert head.config.metrics["steps"] == 8 * 3  # 48 fine-tuning rows in steps of 16, for 8 epochs
+    assert head.config.metrics["dev_macro_f1"] > 0.5  # chance is 0.25

@@ -48,6 +48,9 @@ def _examples(paths: tuple[Path, ...]):
 @click.option("--rank", type=int, help="tower: LoRA rank (default 8).")
 @click.option("--epochs", type=float, help="tower: passes over the training rows (default 3; early stopping on dev).")
 @click.option("--lr", type=float, help="tower: Adam learning rate of the LoRA arrays (default 2e-4).")
+@click.option("--warm-share", type=click.FloatRange(0.05, 1.0),
+              help="tower: share of the training rows the warm-start MLP is fitted on; fine-tuning steps on the "
+              "rest (default 1: all rows for both).")
 @click.option("--head-lr", type=float, help="tower: Adam learning rate of the MLP on top (default 3e-4; 0 keeps the warm-start MLP fixed).")
 @click.option("--members", type=click.IntRange(1, 32),
               help="mlp: MLPs from consecutive seeds whose logits are averaged (default 5; the head grows with "
@@ -63,7 +66,7 @@ def _examples(paths: tuple[Path, ...]):
               "linear/mlp: 'cache' pools the features from that per-token cache (shared with towers); "
               "otherwise pooled features are extracted and cached.")
 def train_head(model_, adapter, head, dtype, data, out, layers, candidates, pooling, kind, seed, batch_size, cap,
-               max_tokens, no_cache, tap, depth, rank, epochs, lr, head_lr, members, source_frr_weight, sweep_spec, states):
+               max_tokens, no_cache, tap, depth, rank, epochs, lr, head_lr, warm_share, members, source_frr_weight, sweep_spec, states):
     """Train a refusal-reason head for a base model (and adapter) on labelled prompts.
 
     Rows with "split": "dev" tune layers, temperature and thresholds (a stable 20% of
@@ -92,7 +95,7 @@ def train_head(model_, adapter, head, dtype, data, out, layers, candidates, pool
 
         given = {k: v for k, v in (("tap", tap), ("depth", depth), ("rank", rank), ("epochs", epochs), ("lr", lr),
                                    ("head_lr", head_lr), ("source_frr_weight", source_frr_weight),
-                                   ("members", members)) if v is not None}
+                                   ("members", members), ("warm_share", warm_share)) if v is not None}
         with rank0_reports():
             h = train_tower_head(model, examples, out, fit=TowerFit(**given, seed=seed), sweep=_trials(sweep_spec),
                                  states=states, batch_size=batch_size, training=record, max_tokens=max_tokens,

@@ -75,7 +75,8 @@ class TowerFit:
     keys: tuple[str, ...] = ALL_KEYS    # adapted projections (all seven: attention and MLP)
     hidden: int = 256                   # MLP hidden width (of each member)
     members: int = 5                    # warm-start MLPs (seeds) averaged into one MLP of members * hidden
-    epochs: float = 3.0                 # passes over the training rows (early stopping may end sooner)
+    epochs: float = 3.0                 # passes over the fine-tuning rows (early stopping may end sooner)
+    warm_share: float = 1.0             # training rows the warm-start MLP is fitted on (the rest are fine-tuned on; 1: all, both)
     lr: float = 2e-4                    # Adam learning rate of the LoRA arrays
     head_lr: float = 3e-4               # Adam learning rate of the MLP (1e-3 undid the warm start: measured; 0 freezes it)
     warmup: int = 20                    # steps of linear warm-up
@@ -183,31 +184,47 @@ def _pooled(run: Callable[[mx.array], mx.array], source, idx: Sequence[int], bat
     return np.stack([feats[i] for i in idx])
 
 
-def _untrained_features(tower: Tower, sources, ys, fit: TowerFit, rng) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(features, labels) of the untrained tower for the training and dev rows.
+def _untrained_features(tower: Tower, parts, fit: TowerFit, rng) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(features, labels) of the untrained tower for each ``(source, labels, rows)`` of ``parts``.
 
     Cached states after block K+M are what the untrained tower computes from those after
     block K (to float16 rounding), so with them only the final norm runs, over every row, in
-    seconds. Otherwise the tower runs, on a sample of ``WARM_ROWS`` rows of each.
+    seconds. Otherwise the tower runs, on a sample of ``WARM_ROWS`` of the rows.
     """
     after = fit.tap + fit.depth
-    if all(isinstance(s, CachedStates) and after in s.cache.layers for s in sources):
-        return [(_pooled(tower.norm, CachedStates(s.cache, after, s.keys), range(len(y)), fit.batch_tokens), y)
-                for s, y in zip(sources, ys)]
+    if all(isinstance(s, CachedStates) and after in s.cache.layers for s, _, _ in parts):
+        return [(_pooled(tower.norm, CachedStates(s.cache, after, s.keys), idx, fit.batch_tokens), y[idx])
+                for s, y, idx in parts]
     out = []
-    for s, y in zip(sources, ys):
-        idx = np.sort(rng.choice(len(y), min(len(y), WARM_ROWS), replace=False)).tolist()
+    for s, y, idx in parts:
+        idx = np.sort(rng.choice(idx, min(len(idx), WARM_ROWS), replace=False)).tolist()
         out.append((_pooled(tower, s, idx, fit.batch_tokens), y[idx]))
     return out
 
 
-def _warm_start(tower: Tower, src_tr, src_dv, ytr, ydv, fit: TowerFit, rng) -> dict[str, np.ndarray]:
-    """Standardisation and MLP fitted on the untrained tower's features (the base's own blocks):
-    probing first, then fine-tuning everything from there, converges in far fewer steps than
-    fine-tuning from a random head, and never starts below the frozen-feature head."""
-    (xtr, y_tr), dev = _untrained_features(tower, (src_tr, src_dv), (ytr, ydv), fit, rng)
+def _warm_start(tower: Tower, src_tr, src_dv, ytr, ydv, rows: np.ndarray, fit: TowerFit, rng) -> dict[str, np.ndarray]:
+    """Standardisation and MLP fitted on the untrained tower's features (the base's own blocks)
+    for training ``rows``: probing first, then fine-tuning everything from there, converges in
+    far fewer steps than fine-tuning from a random head, and never starts below the
+    frozen-feature head."""
+    (xtr, y_tr), dev = _untrained_features(tower, [(src_tr, ytr, rows), (src_dv, ydv, np.arange(len(ydv)))], fit, rng)
     cfg = FitConfig(kind="mlp", mlp_hidden=fit.hidden, mlp_members=fit.members, seed=fit.seed)
     return _fit_mlp(xtr, y_tr, cfg, dev=dev)
+
+
+def split_rows(n: int, warm_share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(warm-start rows, fine-tuning rows) of ``n`` training rows: all of them for both when
+    ``warm_share`` is 1, else a seeded random ``warm_share`` of them and the rest.
+
+    An MLP fitted on a row has all but learned it (on SmolLM2 its weighted training loss is
+    about 0.06): fine-tuning on those same rows is led by the few it misfits, and from a head
+    fitted on all training rows it lowered dev macro-F1 (0.832 -> 0.820 in 35 steps, measured).
+    """
+    if warm_share >= 1.0:
+        return np.arange(n), np.arange(n)
+    order = np.random.default_rng([seed, n]).permutation(n)
+    cut = max(1, min(n - 1, int(round(warm_share * n))))
+    return np.sort(order[:cut]), np.sort(order[cut:])
 
 
 def _chunks(lengths: np.ndarray, idx: Sequence[int], batch_tokens: int) -> list[list[int]]:
@@ -268,13 +285,14 @@ def train_tower(model, train: Sequence, dev: Sequence, *, fit: TowerFit = TowerF
     mx.random.seed(fit.seed)
     tower = Tower(model.loaded.model, fit.tower_config())
     rng = np.random.default_rng(fit.seed)
-    warm = _warm_start(tower, src_tr, src_dv, ytr, ydv, fit, rng)
+    warm_rows, fine_rows = split_rows(len(ytr), fit.warm_share, fit.seed)
+    warm = _warm_start(tower, src_tr, src_dv, ytr, ydv, warm_rows, fit, rng)
     net = TowerHead(tower, mx.array(warm["mean"]), mx.array(warm["std"]), warm["w1"].shape[1])
     net.fc1.weight, net.fc1.bias = mx.array(warm["w1"].T), mx.array(warm["b1"])
     net.out.weight, net.out.bias = mx.array(warm["w"].T), mx.array(warm["b"])
     _, weight = _balance(ytr)
     weight = mx.array(weight)
-    per_epoch = int(math.ceil(len(ytr) / fit.step_rows))
+    per_epoch = int(math.ceil(len(fine_rows) / fit.step_rows))
     total = max(1, int(math.ceil(fit.epochs * per_epoch)))
 
     def schedule(lr: float):
@@ -336,7 +354,8 @@ def train_tower(model, train: Sequence, dev: Sequence, *, fit: TowerFit = TowerF
             log(f"  step 0/{total}: dev macro-F1 {state['best_f1']:.3f} (the frozen-feature head)")
         epoch = state["step"] // per_epoch
         while state["step"] < total and state["bad"] < fit.patience:
-            order = steps(src_tr.lengths, fit.step_rows, fit.batch_tokens, np.random.default_rng([fit.seed, epoch]))
+            order = [[fine_rows[b].tolist() for b in micro] for micro in
+                     steps(src_tr.lengths[fine_rows], fit.step_rows, fit.batch_tokens, np.random.default_rng([fit.seed, epoch]))]
             for micro in order[state["step"] - epoch * per_epoch:]:
                 loss = step(micro)
                 state["step"] += 1
