@@ -222,8 +222,13 @@ def tiny_args(tiny_dir, tiny_model, tmp_path):
 
 
 def test_ctrl_c_keeps_what_was_done_and_the_same_command_resumes(tiny_model, tiny_args, tmp_path):
-    """A real SIGINT to a real `phasegpt classify` process, then the same command again."""
-    src = write_rows(tmp_path / "in.jsonl", many_rows(150))
+    """A real SIGINT to a real `phasegpt classify` process, then the same command again.
+
+    Enough rows that the job runs for seconds after its first logged verdicts: with 150 (under 3 s
+    on the tiny model) a loaded CI machine once let the job finish before this process, polling
+    every 20 ms, saw them, and the signal went to a process that had already exited."""
+    n = 400
+    src = write_rows(tmp_path / "in.jsonl", many_rows(n))
     whole, out = tmp_path / "whole.jsonl", tmp_path / "out.jsonl"
     exe = [str(Path(sys.executable).with_name("phasegpt")), "classify", str(src), *tiny_args, "--batch-size", "1"]
     classify_file(src, whole, model=tiny_model, batch_size=1)  # the same model and head, in this process
@@ -232,11 +237,12 @@ def test_ctrl_c_keeps_what_was_done_and_the_same_command_resumes(tiny_model, tin
     deadline = time.monotonic() + 120
     while p.poll() is None and time.monotonic() < deadline and _records(log) < 1:
         time.sleep(0.02)
+    assert p.poll() is None, "the job ended before this test saw its first logged verdicts"
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=60)
     done = _records(log)
     assert p.returncode == 130 and f"kept in {log}: run the same command again to resume" in err, err
-    assert 0 < done < 150 and not out.exists()  # stopped midway, nothing half-written
+    assert 0 < done < n and not out.exists()  # stopped midway, nothing half-written
     r = subprocess.run([*exe, "-o", str(out)], capture_output=True, text=True)
     assert r.returncode == 0 and f"{done} of them from an earlier run" in r.stderr, r.stderr
     assert out.read_bytes() == whole.read_bytes()
