@@ -238,11 +238,8 @@ def run_in_turns(w: World, batches: Sequence[Sequence[int]], work: Callable[[lis
     with single:
         at, every = 0, 1
         while at < len(steps):
-            t0, mine = time.perf_counter(), []
-            for step in steps[at:at + every]:
-                if step[w.rank]:
-                    mine.append(work(step[w.rank]))
-            ran = steps[at:at + every]
+            t0, ran = time.perf_counter(), steps[at:at + every]
+            mine = [work(step[w.rank]) for step in ran if step[w.rank]]
             said = w.broadcast({"every": steps_per_exchange((time.perf_counter() - t0) / len(ran)),
                                 "decided": decide() if w.rank == 0 else None})
             done = [[i for step in ran for b in step[r] for i in b] for r in range(w.size)]  # every rank knows whose
