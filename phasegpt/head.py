@@ -3,7 +3,8 @@
 states    = the tapped hidden states; for a ``tower`` head, the tapped block's states run
             again through the tower (phasegpt.tower: the next blocks with LoRA, final norm)
 features  = concat over layers of pooled states (last prompt token and/or the mean over
-            the user's own tokens), standardised with training mean/std
+            the user's own tokens; with ``+attn`` also learned attention pools over the
+            prompt's last positions, one per query), standardised with training mean/std
 logits    = linear (W, b) or a one-hidden-layer MLP over the features
 probs     = softmax(logits / temperature)          (temperature fitted on dev data)
 ood       = Mahalanobis distance of the features' projection (the MLP's pre-activations,
@@ -33,7 +34,7 @@ import numpy as np
 from phasegpt.errors import MismatchError, ModelLoadError
 from phasegpt.verdict import LABELS
 
-POOLINGS = ("last", "mean", "last+mean")
+POOLINGS = ("last", "mean", "last+mean", "last+mean+attn")
 KINDS = ("linear", "mlp", "tower")
 WEIGHTS, CONFIG = "head.safetensors", "head.json"
 TOWER_PREFIX = "tower."  # names of a tower's LoRA arrays in head.safetensors
@@ -62,6 +63,7 @@ class HeadConfig:
     tower: dict[str, Any] | None = None     # phasegpt.tower.TowerConfig fields, for kind "tower"
     ood_q99: float | None = None            # dev 99th percentile of the OOD distance (None: no OOD statistic)
     ood_prior: dict[str, float] = field(default_factory=lambda: dict(OOD_PRIOR))
+    attn_window: int | None = None          # "+attn" pooling: how many of the prompt's last positions it attends over
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> HeadConfig:
@@ -93,7 +95,7 @@ def pool(hidden: dict[int, mx.array], layers: tuple[int, ...], pooling: str, len
         pre, post = span[:, 0:1], span[:, 1]  # (B, 1), (B,)
     else:
         pre, post = span
-    kinds = pooling.split("+")
+    kinds = [k for k in pooling.split("+") if k != "attn"]  # attention pools need a head's arrays (attn_pool)
     weights = None
     if "mean" in kinds:
         T = next(iter(hidden.values())).shape[1]
@@ -112,6 +114,31 @@ def pool(hidden: dict[int, mx.array], layers: tuple[int, ...], pooling: str, len
             parts.append(mx.take_along_axis(h, idx, axis=1)[:, 0])  # (B, D)
         if weights is not None:
             parts.append((weights @ h)[:, 0])  # (B, D)
+    return mx.concatenate(parts, axis=-1)
+
+
+def attn_pool(hidden: dict[int, mx.array], layers: tuple[int, ...], arrays: dict[str, mx.array], window: int,
+              lengths: mx.array, span: tuple[int, int] | mx.array) -> mx.array:
+    """Attention pools (B, L*H*D) of right-padded prompts: for each layer, its states standardised
+    (``attn_mean``, ``attn_std``: (L, D)), scored by H learned queries (``attn_q``: (L, D, H)),
+    softmax over the prompt's positions from the user's turn on (``pre``) and among the last
+    ``window``, and the states averaged with those weights, one pool per query.
+
+    The pools see where in the prompt the signal is (a missing input, a harmful phrase) instead of
+    only its last token and its mean; the queries are trained with the head (train.attention).
+    """
+    pre = span[:, 0:1] if isinstance(span, mx.array) else span[0]
+    T = next(iter(hidden.values())).shape[1]
+    pos = mx.arange(T)[None]  # (1, T)
+    n = lengths[:, None]
+    keep = (pos >= pre) & (pos < n) & (pos >= n - window)
+    keep = keep | (pos == n - 1)  # at least the last token
+    parts = []
+    for j, layer in enumerate(layers):
+        x = (hidden[layer].astype(mx.float32) - arrays["attn_mean"][j]) / arrays["attn_std"][j]  # (B, T, D)
+        scores = mx.where(keep[:, :, None], x @ arrays["attn_q"][j], -1e9)  # (B, T, H)
+        w = mx.softmax(scores, axis=1)
+        parts.append((w.transpose(0, 2, 1) @ x).reshape(x.shape[0], -1))  # (B, H*D)
     return mx.concatenate(parts, axis=-1)
 
 
@@ -169,19 +196,28 @@ class Head:
         return {layer: self.tower(hidden[layer])}
 
     def pool(self, hidden: dict[int, mx.array], lengths: mx.array, span: tuple[int, int] | mx.array) -> mx.array:
-        """Pooled features (B, F) for this head's layers and pooling (see ``pool``)."""
-        return pool(hidden, self.config.layers, self.config.pooling, lengths, span)
+        """Pooled features (B, F) for this head's layers and pooling (see ``pool`` and ``attn_pool``)."""
+        feats = pool(hidden, self.config.layers, self.config.pooling, lengths, span)
+        if not self.config.pooling.endswith("+attn"):
+            return feats
+        pools = attn_pool(hidden, self.config.layers, self.params, self.config.attn_window or 1, lengths, span)
+        return mx.concatenate([feats, pools], axis=-1)
 
     def per_position(self, hidden: dict[int, mx.array]) -> mx.array:
         """Features (T, F) as if each position of one prompt (B=1) were the whole pooled input.
 
         The head applied to these gives per-token logits: the evidence for a verdict.
         """
-        n = len(self.config.pooling.split("+"))
+        kinds = self.config.pooling.split("+")
+        n = len([k for k in kinds if k != "attn"])
         parts = []
         for layer in self.config.layers:
             h = hidden[layer][0].astype(mx.float32)  # (T, D)
             parts.extend([h] * n)
+        if "attn" in kinds:  # attention over one position is that position, standardised
+            for j, layer in enumerate(self.config.layers):
+                x = (hidden[layer][0].astype(mx.float32) - self.params["attn_mean"][j]) / self.params["attn_std"][j]
+                parts.extend([x] * self.params["attn_q"].shape[-1])
         return mx.concatenate(parts, axis=-1)
 
     # --- classifier -------------------------------------------------------------------
@@ -281,6 +317,8 @@ class Head:
         except (RuntimeError, ValueError) as e:
             raise ModelLoadError(f"could not read {w_file}: {e}; train or copy the head again") from e
         required = {"mean", "std", "w", "b"} | ({"w1", "b1"} if config.kind == "mlp" else set())
+        if config.pooling.endswith("+attn"):
+            required |= {"attn_q", "attn_mean", "attn_std"}
         if config.ood_q99 is not None:
             required |= {"ood_mean", "ood_whiten"} | (set() if "w1" in params else {"ood_proj"})
         if missing := sorted(required - set(params)):

@@ -33,7 +33,12 @@ def _examples(paths: tuple[Path, ...]):
 @click.option("--layers", help="Comma-separated layers to use (default: sweep candidates on dev).")
 @click.option("--candidates", help="Comma-separated candidate layers for the sweep (tower with --states cache: more layers "
               "to keep in the state cache, so one cache serves MLP heads and towers alike).")
-@click.option("--pooling", type=click.Choice(["last", "mean", "last+mean"]), help="Fixed pooling (default: swept).")
+@click.option("--pooling", type=click.Choice(["last", "mean", "last+mean", "last+mean+attn"]),
+              help="Fixed pooling (default: swept). last+mean+attn adds learned attention pools over the prompt's "
+              "last positions (needs --states cache; --attn-heads queries per layer, --attn-window positions).")
+@click.option("--attn-heads", type=click.IntRange(1, 64), help="last+mean+attn: queries per layer (default 4).")
+@click.option("--attn-window", type=click.IntRange(1), help="last+mean+attn: the prompt's last positions attended over (default 128).")
+@click.option("--attn-steps", type=click.IntRange(1), help="last+mean+attn: training steps of the queries at most (default 2000).")
 @click.option("--kind", default="linear", show_default=True, type=click.Choice(["linear", "mlp", "tower"]),
               help="linear: softmax regression solved with L-BFGS; mlp: one hidden layer of 256; tower: the next "
                    "--depth blocks after --tap run again with LoRA, trained jointly with an MLP.")
@@ -65,7 +70,8 @@ def _examples(paths: tuple[Path, ...]):
               help="tower: cache the tapped states on disk (float16) or compute them live every batch. "
               "linear/mlp: 'cache' pools the features from that per-token cache (shared with towers); "
               "otherwise pooled features are extracted and cached.")
-def train_head(model_, adapter, head, dtype, data, out, layers, candidates, pooling, kind, seed, batch_size, cap,
+def train_head(model_, adapter, head, dtype, data, out, layers, candidates, pooling, attn_heads, attn_window, attn_steps,
+               kind, seed, batch_size, cap,
                max_tokens, no_cache, tap, depth, rank, epochs, lr, head_lr, warm_share, members, source_frr_weight, sweep_spec, states):
     """Train a refusal-reason head for a base model (and adapter) on labelled prompts.
 
@@ -104,7 +110,9 @@ def train_head(model_, adapter, head, dtype, data, out, layers, candidates, pool
         click.echo(f"wrote {out}: tower from block {h.config.tower['tap']} over {h.config.tower['depth']} blocks, "
                    f"rank {h.config.tower['rank']}, dev macro-F1 {m['dev_macro_f1']:.3f}, accuracy {m['dev_accuracy']:.3f}")
         return
-    given = {k: v for k, v in (("source_frr_weight", source_frr_weight), ("mlp_members", members)) if v is not None}
+    given = {k: v for k, v in (("source_frr_weight", source_frr_weight), ("mlp_members", members),
+                               ("attn_heads", attn_heads), ("attn_window", attn_window), ("attn_steps", attn_steps))
+             if v is not None}
     fit = FitConfig(layers=_ints(layers), pooling=pooling, kind=kind, seed=seed, **given)
     with rank0_reports():
         h = run(model, examples, out, candidates=_ints(candidates), fit=fit, batch_size=batch_size,

@@ -174,6 +174,8 @@ def predict(model, examples: Sequence[Example], *, batch_size: int = 16, use_cac
     head = model.head
     if head.config.kind == "tower":
         return _classify_all(model, examples, batch_size, progress)
+    if head.config.pooling.endswith("+attn"):  # its pools need every position: the state cache, else classify
+        return _attention_head(model, examples, batch_size, use_cache, progress)
     layers = list(head.config.training.get("candidates") or head.config.layers)
     if not set(head.config.layers) <= set(layers):
         layers = list(head.config.layers)
@@ -204,6 +206,39 @@ def _features(model, examples: Sequence[Example], layers: list[int], batch_size:
         feats[miss] = extract(model, [examples[i] for i in miss], layers, batch_size=batch_size, use_cache=use_cache,
                               progress=progress)
     return feats
+
+
+def _attention_head(model, examples: Sequence[Example], batch_size: int, use_cache: bool,
+                    progress: bool) -> tuple[np.ndarray, list[str], np.ndarray | None]:
+    """An attention-pooled head's results: the rows the state cache of its layers (or of its sweep's
+    candidates) holds from there (``states.head_probs``), the rest through ``Model.classify``."""
+    from phasegpt.train.states import StateCache, cache_dir, head_probs
+
+    head = model.head
+    labels = head.config.labels
+    probs = np.zeros((len(examples), len(labels)))
+    ood = np.zeros(len(examples)) if head.config.ood_q99 is not None else None
+    hit: list[int] = []
+    if use_cache and world().size == 1:
+        for layers in (list(head.config.training.get("candidates") or []), list(head.config.layers)):
+            folder = cache_dir(model, layers)
+            if set(head.config.layers) <= set(layers) and (folder / "index.json").is_file():
+                states = StateCache(folder, layers, int(model.loaded.config["hidden_size"]))
+                hit = [i for i, e in enumerate(examples) if e.key in states]
+                if hit:
+                    p, o = head_probs(head, states, [examples[i] for i in hit])
+                    probs[hit] = p
+                    if ood is not None:
+                        ood[hit] = o
+                break
+    held = set(hit)
+    miss = [i for i in range(len(examples)) if i not in held]
+    if miss:
+        p, _, o = _classify_all(model, [examples[i] for i in miss], batch_size, progress)
+        probs[miss] = p
+        if ood is not None:
+            ood[miss] = o
+    return probs, head.decide(probs), ood
 
 
 def _classify_all(model, examples: Sequence[Example], batch_size: int,

@@ -25,7 +25,7 @@ from phasegpt.evaluate import EVERYDAY
 from phasegpt.head import POOLINGS, Head, HeadConfig
 from phasegpt.verdict import LABELS
 
-_POOL_INDEX = {"last": [0], "mean": [1], "last+mean": [0, 1]}
+_POOL_INDEX = {"last": [0], "mean": [1], "last+mean": [0, 1], "last+mean+attn": [0, 1]}  # +attn: pools appended (attention.py)
 EVAL_EVERY = 25  # steps between dev checks when early stopping
 OOD_ROWS = 4000  # training rows the OOD statistic is estimated on
 OOD_SHRINK = 0.05  # covariance shrinkage towards its mean variance (stabilises the whitening)
@@ -54,6 +54,9 @@ class FitConfig:
     frr_budget: float | None = 0.03         # thresholds keep false refusals of dev everyday requests within this
     source_frr_budget: float = 0.05         # ... and pull every answer source's towards this
     source_frr_weight: float = 0.05         # how hard (macro-F1 given up per unit of excess); 0 = off; chosen on dev
+    attn_heads: int = 4                     # pooling "last+mean+attn": queries per layer (train.attention)
+    attn_window: int = 128                  # ... the prompt's last positions they attend over
+    attn_steps: int = 2000                  # ... AdamW steps of stage 1 at most (early-stopped on dev)
     seed: int = 0
 
 
@@ -388,7 +391,8 @@ def head_ood(arrays: dict[str, np.ndarray], xtr: np.ndarray, xdv: np.ndarray, se
 
 def fit_head(train: np.ndarray, ytr: np.ndarray, dev: np.ndarray, ydv: np.ndarray, *, layers: list[int],
              cfg: FitConfig = FitConfig(), identity: dict[str, Any], log=lambda s: None,
-             sources: Sequence[str] | None = None) -> Head:
+             sources: Sequence[str] | None = None, states: tuple[Any, Sequence, Sequence] | None = None,
+             progress: bool = False) -> Head:
     """Sweep, fit, calibrate and threshold a head on features from ``features.extract``.
 
     Args:
@@ -402,9 +406,28 @@ def fit_head(train: np.ndarray, ytr: np.ndarray, dev: np.ndarray, ydv: np.ndarra
         sources: each dev row's source: the thresholds keep the everyday sources' false refusals
             within ``cfg.frr_budget`` and pull every source's towards ``cfg.source_frr_budget``
             (with ``cfg.source_frr_weight``).
+        states: ``(cache, train_examples, dev_examples)``, the per-token state cache the features
+            were pooled from: needed for ``last+mean+attn`` pooling, whose queries are trained on it.
+        progress: a progress bar for the attention queries' training.
     """
     layer_idx, pooling, table = sweep(train, ytr, dev, ydv, cfg, log)
     xtr, xdv = select(train, layer_idx, pooling), select(dev, layer_idx, pooling)
+    attn: dict[str, np.ndarray] = {}
+    if pooling.endswith("+attn"):
+        if states is None:
+            raise ValueError("last+mean+attn pooling trains its queries on the per-token state cache: "
+                             "run train-head with --states cache")
+        from phasegpt.train.attention import AttnFit, attention_features, fit_queries
+
+        cache, tr_rows, dv_rows = states
+        chosen = [layers[i] for i in layer_idx]
+        mean, std = _standardise(xtr)
+        afit = AttnFit(heads=cfg.attn_heads, window=cfg.attn_window, steps=cfg.attn_steps, seed=cfg.seed)
+        attn, score = fit_queries(cache, chosen, tr_rows, ytr, (xtr - mean) / std, dv_rows, ydv, (xdv - mean) / std,
+                                  afit, progress=progress, log=log)
+        log(f"attention queries: dev macro-F1 {score:.3f} (jointly with a single MLP)")
+        xtr = np.concatenate([xtr, attention_features(cache, tr_rows, chosen, attn, cfg.attn_window)], axis=1)
+        xdv = np.concatenate([xdv, attention_features(cache, dv_rows, chosen, attn, cfg.attn_window)], axis=1)
     l2 = cfg.l2 if cfg.kind == "linear" else cfg.mlp_l2
     if cfg.kind == "linear":
         mean, std = _standardise(xtr)
@@ -422,6 +445,7 @@ def fit_head(train: np.ndarray, ytr: np.ndarray, dev: np.ndarray, ydv: np.ndarra
     else:
         arrays = _fit_mlp(xtr, ytr, cfg, dev=(xdv, ydv))
     ood_arrays, ood_q99 = head_ood(arrays, xtr, xdv, cfg.seed)
+    arrays = {**arrays, **attn}
     dev_logits = _logits(arrays, xdv)
     temperature = calibrate(dev_logits, ydv)
     probs = _softmax(dev_logits, temperature)
@@ -435,5 +459,5 @@ def fit_head(train: np.ndarray, ytr: np.ndarray, dev: np.ndarray, ydv: np.ndarra
                "n_train": int(len(ytr)), "n_dev": int(len(ydv)), "l2": l2, "sweep": table}
     config = HeadConfig(layers=tuple(layers[i] for i in layer_idx), pooling=pooling, kind=cfg.kind,
                         temperature=temperature, thresholds=dict(zip(LABELS, map(float, offsets))),
-                        metrics=metrics, ood_q99=ood_q99, **identity)
+                        metrics=metrics, ood_q99=ood_q99, attn_window=cfg.attn_window if attn else None, **identity)
     return Head(config, {k: mx.array(v) for k, v in {**arrays, **ood_arrays}.items()})

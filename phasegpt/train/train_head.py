@@ -122,6 +122,8 @@ def train_head(model: Any, examples: Sequence[Example], out: str | Path, *, dev:
         # cache of those layers already holds: naming a subset must not start a new cache)
         fit = FitConfig(**{**fit.__dict__, "layers": tuple(cands.index(i) for i in fixed)})
     t0 = time.perf_counter()
+    if (fit.pooling or "").endswith("+attn") and states != "cache":
+        raise ValueError("last+mean+attn pooling trains its queries on the per-token state cache: add --states cache")
     if states == "cache" and w.size > 1:
         raise JobError("--states cache runs in one process (the state cache has one writer); "
                        "under mlx.launch leave --states out: the ranks then share the feature extraction")
@@ -143,7 +145,8 @@ def train_head(model: Any, examples: Sequence[Example], out: str | Path, *, dev:
                                      "skipped_too_long": skipped, "states": states,
                                      "feature_seconds": round(t1 - t0, 2)})
     head = fit_head(xtr, ytr, xdv, ydv, layers=cands, cfg=fit, identity=identity, log=log,
-                    sources=[e.source or "" for e in dev])
+                    sources=[e.source or "" for e in dev], states=(cache, train, dev) if states == "cache" else None,
+                    progress=progress)
     head.config.training["fit_seconds"] = round(time.perf_counter() - t1, 2)
     log(f"head: layers {list(head.config.layers)}, pooling {head.config.pooling}, "
         f"temperature {head.config.temperature:.2f}, dev macro-F1 {head.config.metrics['dev_macro_f1']:.3f}")

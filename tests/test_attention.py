@@ -1,0 +1,93 @@
+"""Attention-pooled heads (last+mean+attn) on the tiny model: the pool's mask, training from the
+state cache, and one verdict whether it comes from the cache or from the model's own prefill."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+import phasegpt
+from phasegpt.head import Head, attn_pool
+from phasegpt.train.fit_head import FitConfig
+from phasegpt.train.states import StateCache, cache_dir, head_probs
+from phasegpt.train.train_head import train_head
+from tests.test_tower import labelled
+
+FIT = FitConfig(layers=(0, 1), pooling="last+mean+attn", kind="mlp", mlp_members=2, mlp_steps=300,
+                attn_heads=2, attn_window=8, attn_steps=120)
+
+
+@pytest.fixture(scope="module")
+def base(tiny_dir):
+    return phasegpt.load(tiny_dir)
+
+
+@pytest.fixture(scope="module")
+def attn_head(base, tmp_path_factory):
+    train, dev = labelled(96, "train", 0), labelled(32, "dev", 1)
+    folder = tmp_path_factory.mktemp("attn")
+    out, home = folder / "head", str(folder / "home")  # one home for the module: its tests read this state cache
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PHASEGPT_HOME", home)
+        head = train_head(base, train + dev, out, candidates=[0, 1], fit=FIT, progress=False, states="cache")
+    return head, out, dev, home
+
+
+def test_pools_attend_only_to_the_window_of_the_users_turn():
+    D, T = 4, 8
+    x = np.zeros((1, T, D), np.float32)
+    x[0, :, 0] = np.arange(T)  # feature 0 = the position
+    x[0, [0, 1, 6, 7], 1] = 100.0  # the template before the turn, and padding
+    x[0, 5, 1] = 5.0
+    arrays = {"attn_q": mx.array(np.eye(D, 1, -1, dtype=np.float32)[None]),  # one query: looks at feature 1
+              "attn_mean": mx.zeros((1, D)), "attn_std": mx.ones((1, D))}
+    lengths = mx.array([6])  # positions 6, 7 are padding
+    out = np.array(attn_pool({0: mx.array(x)}, (0,), arrays, 3, lengths, (2, 1)))  # turn from 2; last 3: 3, 4, 5
+    assert out.shape == (1, D)
+    assert 3.0 <= out[0, 0] <= 5.0  # a weighted position among 3..5, though 0, 1, 6, 7 score far higher
+    assert out[0, 0] > 4.5  # and most of the weight on 5, the one the query prefers
+    wide = np.array(attn_pool({0: mx.array(x)}, (0,), arrays, 64, lengths, (0, 1)))
+    assert wide[0, 0] < 1.0  # with the whole prompt in the window, the template's positions win
+
+
+def test_attention_head_learns_and_stores_its_queries(attn_head):
+    head, out, _, _ = attn_head
+    assert head.config.pooling == "last+mean+attn" and head.config.attn_window == 8
+    assert head.config.metrics["dev_macro_f1"] > 0.6  # chance is 0.25
+    loaded = Head.load(out)
+    assert tuple(loaded.params["attn_q"].shape) == (2, 64, 2)  # (layers, hidden, queries)
+    # features: per layer last+mean, then the pools: 2*2*64 + 2*2*64
+    assert loaded.params["mean"].shape[0] == 4 * 64 + 2 * 2 * 64
+
+
+def test_classify_equals_the_head_on_cached_states(base, attn_head, monkeypatch):
+    head, out, dev, home = attn_head
+    monkeypatch.setenv("PHASEGPT_HOME", home)
+    model = phasegpt.Model(base.loaded, Head.load(out))
+    verdicts = model.classify([e.request for e in dev])
+    live = np.array([[v.probs[k] for k in head.config.labels] for v in verdicts])
+    cache = StateCache(cache_dir(base, [0, 1]), [0, 1], 64)
+    cached, _ = head_probs(model.head, cache, dev)
+    assert np.abs(live - cached).max() < 0.02
+    assert [v.label for v in verdicts] == model.head.decide(cached)
+    assert all(v.evidence for v in verdicts)  # the head applied per position still names words
+
+
+def test_eval_of_an_attention_head_takes_cached_rows_and_classifies_the_rest(base, attn_head, monkeypatch):
+    from phasegpt.train.features import predict
+    head, out, dev, home = attn_head
+    monkeypatch.setenv("PHASEGPT_HOME", home)
+    model = phasegpt.Model(base.loaded, Head.load(out))
+    fresh = labelled(6, "test", 7)
+    fresh = [type(e)(e.prompt + " today", e.label, split="test") for e in fresh]  # not in the cache
+    probs, labels, _ = predict(model, dev[:5] + fresh, progress=False)
+    want = model.classify([e.request for e in dev[:5] + fresh])
+    assert labels == [v.label for v in want]
+    assert np.abs(probs - np.array([[v.probs[k] for k in head.config.labels] for v in want])).max() < 0.02
+
+
+def test_attention_pooling_without_the_state_cache_says_how(base, tmp_path):
+    train, dev = labelled(16, "train", 0), labelled(8, "dev", 1)
+    with pytest.raises(ValueError, match="--states cache"):
+        train_head(base, train + dev, tmp_path / "h", candidates=[0, 1], fit=FIT, progress=False)
