@@ -14,8 +14,8 @@ from phasegpt.train.states import StateCache, cache_dir, head_probs
 from phasegpt.train.train_head import train_head
 from tests.test_tower import labelled
 
-FIT = FitConfig(layers=(0, 1), pooling="last+mean+attn", kind="mlp", mlp_members=2, mlp_steps=300,
-                attn_heads=2, attn_window=8, attn_steps=120)
+FIT = FitConfig(layers=(0, 1), pooling="last+mean+attn", kind="mlp", mlp_members=2, attn_members=2, mlp_steps=300,
+                mlp_hidden=16, attn_heads=2, attn_window=8, attn_steps=120)
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +59,10 @@ def test_attention_head_learns_and_stores_its_queries(attn_head):
     assert tuple(loaded.params["attn_q"].shape) == (2, 64, 2)  # (layers, hidden, queries)
     # features: per layer last+mean, then the pools: 2*2*64 + 2*2*64
     assert loaded.params["mean"].shape[0] == 4 * 64 + 2 * 2 * 64
+    # two MLPs on last+mean alone, then two on everything, as one MLP: the first two read no pool
+    w1 = np.array(loaded.params["w1"])
+    assert w1.shape == (512, 4 * 16)
+    assert not w1[256:, :32].any() and w1[:256, :32].any() and w1[256:, 32:].any()
 
 
 def test_classify_equals_the_head_on_cached_states(base, attn_head, monkeypatch):
@@ -91,3 +95,27 @@ def test_attention_pooling_without_the_state_cache_says_how(base, tmp_path):
     train, dev = labelled(16, "train", 0), labelled(8, "dev", 1)
     with pytest.raises(ValueError, match="--states cache"):
         train_head(base, train + dev, tmp_path / "h", candidates=[0, 1], fit=FIT, progress=False)
+
+
+def test_train_head_cli_writes_an_attention_head_and_says_what_it_needs(tiny_dir, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from phasegpt.cli import cli
+
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"prompt": e.prompt, "label": e.label, "split": e.split}) + "\n"
+                            for e in labelled(48, "train", 2) + labelled(16, "dev", 3)))
+    out = tmp_path / "head"
+    args = ["train-head", "-m", str(tiny_dir), "-d", str(data), "-o", str(out), "--kind", "mlp", "--layers", "1",
+            "--pooling", "last+mean+attn", "--attn-heads", "3", "--attn-window", "5", "--attn-steps", "20",
+            "--members", "1"]
+    bad = CliRunner().invoke(cli, args)
+    assert bad.exit_code != 0 and "--states cache" in bad.output and not out.exists()
+    result = CliRunner().invoke(cli, args + ["--states", "cache"])
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "head.json").read_text())
+    assert config["pooling"] == "last+mean+attn" and config["attn_window"] == 5
+    verdict = phasegpt.load(tiny_dir, head=out).classify(["what is attached above?"])[0]
+    assert abs(sum(verdict.probs.values()) - 1) < 1e-6 and verdict.ood is not None

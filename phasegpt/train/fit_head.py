@@ -57,6 +57,7 @@ class FitConfig:
     attn_heads: int = 4                     # pooling "last+mean+attn": queries per layer (train.attention)
     attn_window: int = 128                  # ... the prompt's last positions they attend over
     attn_steps: int = 2000                  # ... AdamW steps of stage 1 at most (early-stopped on dev)
+    attn_members: int = 5                   # ... MLPs on [last+mean, pools], beside mlp_members on last+mean alone
     seed: int = 0
 
 
@@ -212,6 +213,27 @@ def _fit_one_mlp(x: np.ndarray, y: np.ndarray, cfg: FitConfig, dev: tuple[np.nda
             if f1 > best_f1:
                 best, best_f1 = {k: v.copy() for k, v in params.items()}, f1
     return {"mean": mean, "std": std, **(best or params)}
+
+
+def _with_plain_members(pooled: dict[str, np.ndarray], plain: tuple[int, dict[str, np.ndarray]] | None,
+                        k_pooled: int, k_plain: int) -> dict[str, np.ndarray]:
+    """One MLP averaging the logits of MLPs on [last+mean, pools] and of MLPs on last+mean alone
+    (their hidden units read zeros from the pools' rows). Measured on SmolLM2's dev rows, five of
+    each against five on last+mean: macro-F1 0.837 -> 0.845, safety recall 0.859 -> 0.884, XSTest
+    false alarms 13.5% -> 8.1%, the Russian check 0.785 -> 0.824 (the pools alone: 0.826 on dev).
+    The standardisation of the shared features is the same, fitted on the same rows."""
+    if plain is None:
+        return pooled
+    f, p = plain
+    assert np.allclose(p["mean"], pooled["mean"][:f], rtol=1e-4, atol=1e-4), "both standardise the same last+mean features"
+    w1 = np.zeros((pooled["w1"].shape[0], p["w1"].shape[1]), np.float32)
+    w1[:f] = p["w1"]
+    k = k_pooled + k_plain
+    return {"mean": pooled["mean"], "std": pooled["std"],
+            "w1": np.concatenate([w1, pooled["w1"]], axis=1),
+            "b1": np.concatenate([p["b1"], pooled["b1"]]),
+            "w": (np.concatenate([p["w"] * k_plain, pooled["w"] * k_pooled], axis=0) / k).astype(np.float32),
+            "b": ((p["b"] * k_plain + pooled["b"] * k_pooled) / k).astype(np.float32)}
 
 
 def _logits(arrays: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
@@ -426,6 +448,8 @@ def fit_head(train: np.ndarray, ytr: np.ndarray, dev: np.ndarray, ydv: np.ndarra
         attn, score = fit_queries(cache, chosen, tr_rows, ytr, (xtr - mean) / std, dv_rows, ydv, (xdv - mean) / std,
                                   afit, progress=progress, log=log)
         log(f"attention queries: dev macro-F1 {score:.3f} (jointly with a single MLP)")
+        plain = (xtr.shape[1], _fit_mlp(xtr, ytr, cfg, dev=(xdv, ydv))) \
+            if cfg.kind == "mlp" and cfg.mlp_members else None
         xtr = np.concatenate([xtr, attention_features(cache, tr_rows, chosen, attn, cfg.attn_window)], axis=1)
         xdv = np.concatenate([xdv, attention_features(cache, dv_rows, chosen, attn, cfg.attn_window)], axis=1)
     l2 = cfg.l2 if cfg.kind == "linear" else cfg.mlp_l2
@@ -442,6 +466,10 @@ def fit_head(train: np.ndarray, ytr: np.ndarray, dev: np.ndarray, ydv: np.ndarra
             l2 = max(scores, key=lambda t: (t[0], t[1]))[1]  # ties go to the stronger L2
         w, b = _solve(ztr, ytr, l2, gtol=1e-4, init=loose.get(l2))  # then one tight fit of the chosen l2
         arrays = {"mean": mean, "std": std, "w": w, "b": b}
+    elif attn:  # attn_members MLPs on [last+mean, pools] beside the mlp_members fitted above on last+mean
+        pooled = _fit_mlp(xtr, ytr, FitConfig(**{**cfg.__dict__, "mlp_members": max(1, cfg.attn_members)}),
+                          dev=(xdv, ydv))
+        arrays = _with_plain_members(pooled, plain, max(1, cfg.attn_members), cfg.mlp_members)
     else:
         arrays = _fit_mlp(xtr, ytr, cfg, dev=(xdv, ydv))
     ood_arrays, ood_q99 = head_ood(arrays, xtr, xdv, cfg.seed)
