@@ -470,8 +470,20 @@ def fit_head(train: np.ndarray, ytr: np.ndarray, dev: np.ndarray, ydv: np.ndarra
         pooled = _fit_mlp(xtr, ytr, FitConfig(**{**cfg.__dict__, "mlp_members": max(1, cfg.attn_members)}),
                           dev=(xdv, ydv))
         arrays = _with_plain_members(pooled, plain, max(1, cfg.attn_members), cfg.mlp_members)
+        # stored in float16: on SmolLM2's three layers the MLP's first layer is 10,368 x 2,560 weights,
+        # 106 MB in float32; the calibration, thresholds and OOD statistic below are fitted on these
+        arrays["w1"] = arrays["w1"].astype(np.float16)
     else:
         arrays = _fit_mlp(xtr, ytr, cfg, dev=(xdv, ydv))
+    extra = {"l2": l2, "sweep": table}
+    return finish_head(arrays, attn, xtr, xdv, ytr, ydv, layers=tuple(layers[i] for i in layer_idx), pooling=pooling,
+                       cfg=cfg, identity=identity, sources=sources, extra_metrics=extra)
+
+
+def finish_head(arrays: dict[str, np.ndarray], attn: dict[str, np.ndarray], xtr: np.ndarray, xdv: np.ndarray,
+                ytr: np.ndarray, ydv: np.ndarray, *, layers: tuple[int, ...], pooling: str, cfg: FitConfig,
+                identity: dict[str, Any], sources: Sequence[str] | None, extra_metrics: dict[str, Any]) -> Head:
+    """The fitted classifier's OOD statistic, temperature and thresholds on dev, and the Head."""
     ood_arrays, ood_q99 = head_ood(arrays, xtr, xdv, cfg.seed)
     arrays = {**arrays, **attn}
     dev_logits = _logits(arrays, xdv)
@@ -484,8 +496,8 @@ def fit_head(train: np.ndarray, ytr: np.ndarray, dev: np.ndarray, ydv: np.ndarra
     pred = (probs - offsets).argmax(axis=1)
     metrics = {"dev_macro_f1": macro_f1(ydv, pred), "dev_accuracy": float(np.mean(pred == ydv)),
                "dev_macro_f1_argmax": macro_f1(ydv, probs.argmax(axis=1)),
-               "n_train": int(len(ytr)), "n_dev": int(len(ydv)), "l2": l2, "sweep": table}
-    config = HeadConfig(layers=tuple(layers[i] for i in layer_idx), pooling=pooling, kind=cfg.kind,
+               "n_train": int(len(ytr)), "n_dev": int(len(ydv)), **extra_metrics}
+    config = HeadConfig(layers=layers, pooling=pooling, kind=cfg.kind,
                         temperature=temperature, thresholds=dict(zip(LABELS, map(float, offsets))),
                         metrics=metrics, ood_q99=ood_q99, attn_window=cfg.attn_window if attn else None, **identity)
     return Head(config, {k: mx.array(v) for k, v in {**arrays, **ood_arrays}.items()})
