@@ -323,4 +323,6 @@ class Head:
             required |= {"ood_mean", "ood_whiten"} | (set() if "w1" in params else {"ood_proj"})
         if missing := sorted(required - set(params)):
             raise ModelLoadError(f"{w_file} lacks arrays {missing}; train the head again")
+        if "w1" in params and params["w1"].dtype == mx.float16:  # stored small (fit_head); widened once here, not
+            params["w1"] = params["w1"].astype(mx.float32)     # on every matmul of every verdict
         return cls(config, params)
