@@ -29,6 +29,7 @@ import mlx.optimizers as optim
 import numpy as np
 
 from phasegpt.head import attn_pool
+from phasegpt.train.fit_head import macro_f1
 from phasegpt.verdict import LABELS
 
 
@@ -97,12 +98,6 @@ class _Joint(nn.Module):
         return self.l2(nn.relu(self.l1(self.drop(z))))
 
 
-def _macro_f1(y: np.ndarray, pred: np.ndarray) -> float:
-    from phasegpt.train.fit_head import macro_f1
-
-    return macro_f1(y, pred)
-
-
 def fit_queries(cache, layers: Sequence[int], train: Sequence, ytr: np.ndarray, ztr: np.ndarray,
                 dev: Sequence, ydv: np.ndarray, zdv: np.ndarray, fit: AttnFit = AttnFit(), *,
                 progress: bool = True, log=lambda s: None) -> tuple[dict[str, np.ndarray], float]:
@@ -137,7 +132,7 @@ def fit_queries(cache, layers: Sequence[int], train: Sequence, ytr: np.ndarray, 
             hidden, lengths = _gather(cache, layers, [spans_dv[i] for i in idx])
             pred[idx] = np.array(model(mx.array(zdv[idx]), hidden, lengths).argmax(axis=-1))
         model.train()
-        return _macro_f1(ydv, pred)
+        return macro_f1(ydv, pred)
 
     best, best_f1, best_step = None, -1.0, 0
     batch = min(128, len(train))

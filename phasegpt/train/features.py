@@ -190,12 +190,11 @@ def predict(model, examples: Sequence[Example], *, batch_size: int = 16, use_cac
 def _features(model, examples: Sequence[Example], layers: list[int], batch_size: int, use_cache: bool,
               progress: bool) -> np.ndarray:
     """``extract``'s features, taking the rows the state cache of ``layers`` holds from it."""
-    from phasegpt.train.states import StateCache, cache_dir, pooled_features
+    from phasegpt.train.states import pooled_features
 
-    folder = cache_dir(model, layers)
-    if not use_cache or world().size > 1 or not (folder / "index.json").is_file():  # ranks must agree on the rows
+    states = _state_cache(model, layers) if use_cache and world().size == 1 else None  # ranks must agree on the rows
+    if states is None:
         return extract(model, examples, layers, batch_size=batch_size, use_cache=use_cache, progress=progress)
-    states = StateCache(folder, layers, int(model.loaded.config["hidden_size"]))
     hit = [i for i, e in enumerate(examples) if e.key in states]
     held = set(hit)
     miss = [i for i in range(len(examples)) if i not in held]
@@ -208,11 +207,21 @@ def _features(model, examples: Sequence[Example], layers: list[int], batch_size:
     return feats
 
 
+def _state_cache(model, layers: list[int]):
+    """The per-token state cache of ``layers`` (``train-head --states cache``), or None when there is none."""
+    from phasegpt.train.states import StateCache, cache_dir
+
+    folder = cache_dir(model, layers)
+    if not (folder / "index.json").is_file():
+        return None
+    return StateCache(folder, layers, int(model.loaded.config["hidden_size"]))
+
+
 def _attention_head(model, examples: Sequence[Example], batch_size: int, use_cache: bool,
                     progress: bool) -> tuple[np.ndarray, list[str], np.ndarray | None]:
     """An attention-pooled head's results: the rows the state cache of its layers (or of its sweep's
     candidates) holds from there (``states.head_probs``), the rest through ``Model.classify``."""
-    from phasegpt.train.states import StateCache, cache_dir, head_probs
+    from phasegpt.train.states import head_probs
 
     head = model.head
     labels = head.config.labels
@@ -221,9 +230,8 @@ def _attention_head(model, examples: Sequence[Example], batch_size: int, use_cac
     hit: list[int] = []
     if use_cache and world().size == 1:
         for layers in (list(head.config.training.get("candidates") or []), list(head.config.layers)):
-            folder = cache_dir(model, layers)
-            if set(head.config.layers) <= set(layers) and (folder / "index.json").is_file():
-                states = StateCache(folder, layers, int(model.loaded.config["hidden_size"]))
+            states = _state_cache(model, layers) if set(head.config.layers) <= set(layers) else None
+            if states is not None:
                 hit = [i for i, e in enumerate(examples) if e.key in states]
                 if hit:
                     p, o = head_probs(head, states, [examples[i] for i in hit])
