@@ -15,6 +15,7 @@ import json
 import math
 import numbers
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -269,16 +270,12 @@ class Model:
         states = [head.states(hidden) for _, hidden, _ in parts]  # a tower runs here, once per part
         feats = [head.pool(st, lengths, span) for st, (_, _, lengths), span in zip(states, parts, spans)]
         probs, ood = [head.probs(f) for f in feats], [head.ood(f) for f in feats]
-        z = [self._position_logits({k: h[b:b + 1, :len(ids)] for k, h in st.items()})
+        z = [head.position_logits({k: h[b:b + 1, :len(ids)] for k, h in st.items()})
              for st, (part, _, _) in zip(states, parts) for b, ids in enumerate(part)]
         mx.eval(probs, z, [o for o in ood if o is not None])
         probs = np.concatenate([np.asarray(p) for p in probs])  # once, not one MLX slice per prompt
         ood = None if ood[0] is None else np.concatenate([np.asarray(o) for o in ood])
         return [self._verdict(probs[b], z[b], r, None if ood is None else ood[b]) for b, r in enumerate(requests)]
-
-    def _position_logits(self, hidden: dict[int, mx.array]) -> mx.array:
-        """Calibrated logits (T, C) of the head applied at every position of one prompt (for evidence)."""
-        return self.head.logits(self.head.per_position(hidden)) / self.head.config.temperature
 
     def _verdict(self, probs: mx.array, z: mx.array, request: Request, ood: Any = None) -> Verdict:
         # numpy from here on: in `stream` the arrays are already computed, and any new MLX op
@@ -370,7 +367,7 @@ class Model:
         def prepare(taps):  # inside the last prefill call: queue the head before the first decode step
             states = self.head.states(taps.hidden())  # a tower runs here, on the tapped block's states
             feats = self.head.pool(states, mx.array([len(ids)]), request.span)
-            ready["probs"], ready["z"] = self.head.probs(feats)[0], self._position_logits(states)
+            ready["probs"], ready["z"] = self.head.probs(feats)[0], self.head.position_logits(states)
             ood = self.head.ood(feats)
             if ood is not None:
                 ready["ood"] = ood[0]
@@ -578,21 +575,26 @@ def batches(lengths: Sequence[int], batch_size: int, max_tokens: int = MAX_BATCH
 
 
 def _words(tokenizer: Any, ids: list[int], start: int, end: int) -> list[tuple[str, list[int]]]:
-    """Group token positions [start, end) into words: (text, positions); punctuation is dropped."""
+    """The words (runs of letters and digits) of token positions [start, end): (text, positions).
+
+    Tokens are grouped at word-start markers ("Ġ", "▁", a newline); each group is decoded and split
+    into words, and a word gets the tokens whose decoded characters it overlaps. A byte-level token
+    of a Cyrillic or CJK word decodes to part of a character, so splitting the pieces themselves
+    would cut words apart ("приготовить" into "риготов", "ить").
+    """
     pieces = tokenizer.convert_ids_to_tokens(ids[start:end])
     groups: list[list[int]] = []
     for pos, piece in zip(range(start, end), pieces):
-        piece = piece or ""
-        starts_word = piece[:1] in ("Ġ", "▁", "Ċ", " ") or not groups or not piece.isalnum()
-        if starts_word:
+        if not groups or (piece or "")[:1] in ("Ġ", "▁", "Ċ", " ") or len(groups[-1]) == 64:  # bounded: unspaced text
             groups.append([pos])
         else:
             groups[-1].append(pos)
     out = []
     for g in groups:
-        text = tokenizer.decode([ids[i] for i in g]).strip()
-        if any(ch.isalnum() for ch in text):
-            out.append((text.strip(".,;:!?\"'()[]"), g))
+        toks = [ids[i] for i in g]
+        ends = [len(tokenizer.decode(toks[:k + 1]).rstrip("\ufffd")) for k in range(len(toks))]  # chars after token k
+        for m in re.finditer(r"\w+", tokenizer.decode(toks)):
+            out.append((m.group(), [i for k, i in enumerate(g) if ends[k] > m.start() and (k == 0 or ends[k - 1] < m.end())]))
     return out
 
 

@@ -158,6 +158,7 @@ class Head:
         self.config = config
         self.params = params
         self.tower: Any = None
+        self._fold: tuple[list[mx.array], mx.array] | None = None  # position_logits' first layer
 
     def attach(self, model: Any) -> None:
         """Build a tower head's tower on ``model`` (an mlx-lm model; the tower shares its arrays) and
@@ -219,6 +220,48 @@ class Head:
                 x = (hidden[layer][0].astype(mx.float32) - self.params["attn_mean"][j]) / self.params["attn_std"][j]
                 parts.extend([x] * self.params["attn_q"].shape[-1])
         return mx.concatenate(parts, axis=-1)
+
+    def position_logits(self, hidden: dict[int, mx.array]) -> mx.array:
+        """Calibrated logits (T, C) of the head at every position of one prompt (B=1): what
+        ``logits(per_position(hidden)) / temperature`` gives, with the first layer folded over the
+        copies ``per_position`` makes of each state (one matmul per layer of width D, not F).
+
+        On SmolLM2's attention head that is 1,728 instead of 10,368 inputs per position: the
+        evidence no longer costs a sixth of the prefill.
+        """
+        fold, bias = self._folded()
+        x = bias
+        for j, layer in enumerate(self.config.layers):
+            x = x + hidden[layer][0].astype(mx.float32) @ fold[j]  # (T, D) @ (D, U)
+        if "w1" in self.params:
+            x = mx.maximum(x, 0) @ self.params["w"] + self.params["b"]
+        return x.astype(mx.float32) / self.config.temperature
+
+    def _folded(self) -> tuple[list[mx.array], mx.array]:
+        """The first layer (``w1``, or ``w`` of a linear head) folded for ``position_logits``:
+        per tapped layer a (D, U) matrix summing the rows of every copy of that layer's state,
+        the standardisations (``mean``/``std``, and ``attn_mean``/``attn_std``) taken in; and the
+        bias. Computed once, in numpy (no MLX stream of any thread), and kept."""
+        if self._fold is None:
+            p = {k: np.asarray(v, dtype=np.float64) for k, v in self.params.items()
+                 if k in ("mean", "std", "w1", "b1", "w", "b", "attn_mean", "attn_std", "attn_q")}
+            first, bias = (p["w1"], p["b1"]) if "w1" in p else (p["w"], p["b"])
+            scaled = first / p["std"][:, None]
+            bias = bias - (p["mean"] / p["std"]) @ first
+            layers = self.config.layers
+            n = len([k for k in self.config.pooling.split("+") if k != "attn"])
+            H = p["attn_q"].shape[-1] if "attn_q" in p else 0
+            D = p["mean"].shape[0] // (len(layers) * (n + H))  # features: L*n states, then L*H pools
+            block = lambda i: scaled[i * D:(i + 1) * D]  # noqa: E731 - the i-th D-wide slice of the features
+            fold = [sum(block(j * n + c) for c in range(n)) for j in range(len(layers))]
+            if "attn_q" in p:
+                base = len(layers) * n
+                for j in range(len(layers)):
+                    s = sum(block(base + j * H + q) for q in range(H))  # x = (h - attn_mean) / attn_std
+                    fold[j] = fold[j] + s / p["attn_std"][j][:, None]
+                    bias = bias - (p["attn_mean"][j] / p["attn_std"][j]) @ s
+            self._fold = ([mx.array(f.astype(np.float32)) for f in fold], mx.array(bias.astype(np.float32)))
+        return self._fold
 
     # --- classifier -------------------------------------------------------------------
     def logits(self, feats: mx.array) -> mx.array:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import phasegpt
-from phasegpt.head import Head, attn_pool
+from phasegpt.head import Head, HeadConfig, attn_pool
 from phasegpt.train.fit_head import FitConfig
 from phasegpt.train.states import StateCache, cache_dir, head_probs
 from phasegpt.train.train_head import train_head
@@ -119,3 +119,27 @@ def test_train_head_cli_writes_an_attention_head_and_says_what_it_needs(tiny_dir
     assert config["pooling"] == "last+mean+attn" and config["attn_window"] == 5
     verdict = phasegpt.load(tiny_dir, head=out).classify(["what is attached above?"])[0]
     assert abs(sum(verdict.probs.values()) - 1) < 1e-6 and verdict.ood is not None
+
+
+@pytest.mark.parametrize("pooling,kind", [("last", "linear"), ("last+mean", "mlp"), ("last+mean+attn", "mlp")])
+def test_position_logits_fold_the_copies_of_each_state_exactly(pooling, kind):
+    # the evidence's per-position logits come from a folded first layer; they must equal the head
+    # applied to per_position's features, whatever the standardisation (random, far from 0 and 1)
+    rng = np.random.default_rng(0)
+    L, D, H, U, T = 2, 6, 3, 5, 7
+    n = len([k for k in pooling.split("+") if k != "attn"])
+    F = L * D * (n + (H if "attn" in pooling else 0))
+    a = lambda *shape, lo=-1.0, hi=1.0: mx.array(rng.uniform(lo, hi, shape).astype(np.float32))  # noqa: E731
+    params = {"mean": a(F, lo=-2, hi=2), "std": a(F, lo=0.5, hi=3)}
+    if kind == "mlp":
+        params |= {"w1": a(F, U), "b1": a(U), "w": a(U, 4), "b": a(4)}
+    else:
+        params |= {"w": a(F, 4), "b": a(4)}
+    if "attn" in pooling:
+        params |= {"attn_q": a(L, D, H), "attn_mean": a(L, D, lo=-2, hi=2), "attn_std": a(L, D, lo=0.5, hi=3)}
+    head = Head(HeadConfig(layers=(3, 5), pooling=pooling, kind=kind, temperature=1.7, attn_window=4), params)
+    hidden = {3: a(1, T, D, lo=-4, hi=4), 5: a(1, T, D, lo=-4, hi=4)}
+    want = head.logits(head.per_position(hidden)) / 1.7
+    got = head.position_logits(hidden)
+    assert got.shape == (T, 4)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-4)
