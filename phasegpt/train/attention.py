@@ -30,6 +30,7 @@ import numpy as np
 
 from phasegpt.head import attn_pool
 from phasegpt.train.fit_head import macro_f1
+from phasegpt.train.states import length_batches
 from phasegpt.verdict import LABELS
 
 
@@ -167,15 +168,8 @@ def attention_features(cache, examples: Sequence, layers: Sequence[int], arrays:
     what ``Head.pool`` appends to last+mean for these rows (to the cache's float16 rounding)."""
     arr = {k: mx.array(v) for k, v in arrays.items()}
     spans = [_window(cache, e.key, window) for e in examples]
-    order = sorted(range(len(spans)), key=lambda i: spans[i][1] - spans[i][0])
     out = np.zeros((len(examples), len(layers) * arrays["attn_q"].shape[-1] * cache.hidden), np.float32)
-    start = 0
-    while start < len(order):
-        end = start + 1
-        while end < len(order) and (end - start + 1) * (spans[order[end]][1] - spans[order[end]][0]) <= batch_tokens:
-            end += 1
-        idx = order[start:end]
+    for idx in length_batches([b - a for a, b in spans], batch_tokens=batch_tokens):
         hidden, lengths = _gather(cache, layers, [spans[i] for i in idx])
         out[idx] = np.array(attn_pool(hidden, tuple(layers), arr, window, lengths, (0, 0)))
-        start = end
     return out

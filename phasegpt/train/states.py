@@ -185,6 +185,20 @@ def extract_states(model, examples: Sequence, layers: Sequence[int], *, batch_si
     return StateCache(cache.folder, layers, cache.hidden)
 
 
+def length_batches(lengths: Sequence[int] | np.ndarray, idx: Sequence[int] | None = None,
+                   batch_tokens: int = 8192) -> list[list[int]]:
+    """Rows ``idx`` (all by default) in length order, cut into batches of at most ``batch_tokens``
+    padded positions (one row alone may exceed it): how every reader of cached states batches."""
+    order = sorted(range(len(lengths)) if idx is None else idx, key=lambda i: lengths[i])
+    out, batch = [], []
+    for i in order:
+        if batch and (len(batch) + 1) * lengths[i] > batch_tokens:
+            out.append(batch)
+            batch = []
+        batch.append(i)
+    return out + ([batch] if batch else [])
+
+
 def head_probs(head, cache: StateCache, examples: Sequence, *, batch_tokens: int = 8192) -> tuple[np.ndarray, np.ndarray | None]:
     """A head's probabilities (N, C), after its OOD adjustment, and OOD scores (N,) or None, from cached
     states: what ``Model.classify`` gives, to the cache's float16 rounding, without the base model.
@@ -198,15 +212,9 @@ def head_probs(head, cache: StateCache, examples: Sequence, *, batch_tokens: int
     if missing := sorted(set(layers) - set(cache.layers)):
         raise ValueError(f"the cache holds layers {cache.layers}, the head reads {missing} too; extract them first")
     rows = [cache.rows[e.key] for e in examples]
-    order = sorted(range(len(rows)), key=lambda i: rows[i][1])
     probs = np.zeros((len(rows), len(head.config.labels)))
     ood = np.zeros(len(rows)) if head.config.ood_q99 is not None else None
-    start = 0
-    while start < len(order):  # batches of similar length, at most batch_tokens padded positions
-        end = start + 1
-        while end < len(order) and (end - start + 1) * rows[order[end]][1] <= batch_tokens:
-            end += 1
-        idx = order[start:end]
+    for idx in length_batches([r[1] for r in rows], batch_tokens=batch_tokens):
         width = max(rows[i][1] for i in idx)
         hidden = {}
         for layer in layers:
@@ -224,7 +232,6 @@ def head_probs(head, cache: StateCache, examples: Sequence, *, batch_tokens: int
         probs[idx] = head.adjust(p, o)
         if ood is not None:
             ood[idx] = o
-        start = end
     return probs, ood
 
 

@@ -46,6 +46,7 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 from phasegpt.head import TOWER_PREFIX, Head, HeadConfig, pool
 from phasegpt.paths import user_dir
 from phasegpt.tower import ALL_KEYS, Tower, TowerConfig
+from phasegpt.train.states import length_batches
 from phasegpt.train.fit_head import (
     OOD_ROWS,
     FitConfig,
@@ -141,7 +142,7 @@ def steps(lengths: np.ndarray, step_rows: int, batch_tokens: int, rng: np.random
     at dev macro-F1 0.789 to 0.50 within 50 steps (measured on the frozen tower's features).
     """
     order = rng.permutation(len(lengths))
-    return [_chunks(lengths, order[i:i + step_rows].tolist(), batch_tokens) for i in range(0, len(order), step_rows)]
+    return [length_batches(lengths, order[i:i + step_rows].tolist(), batch_tokens) for i in range(0, len(order), step_rows)]
 
 
 # --- the trained module ----------------------------------------------------------------------
@@ -178,7 +179,7 @@ class TowerHead(nn.Module):
 def _pooled(run: Callable[[mx.array], mx.array], source, idx: Sequence[int], batch_tokens: int) -> np.ndarray:
     """Pooled last+mean features (len(idx), 2D) of ``run(states)`` for rows ``idx``, in order."""
     feats: dict[int, np.ndarray] = {}
-    for b in _chunks(source.lengths, idx, batch_tokens):
+    for b in length_batches(source.lengths, idx, batch_tokens):
         h, n, s = source.batch(b)
         feats.update(zip(b, np.array(pool({0: run(h)}, (0,), "last+mean", n, s))))
     return np.stack([feats[i] for i in idx])
@@ -227,25 +228,13 @@ def split_rows(n: int, warm_share: float, seed: int) -> tuple[np.ndarray, np.nda
     return np.sort(order[:cut]), np.sort(order[cut:])
 
 
-def _chunks(lengths: np.ndarray, idx: Sequence[int], batch_tokens: int) -> list[list[int]]:
-    """``idx`` in length order, cut into batches of at most ``batch_tokens`` padded positions."""
-    order = sorted(idx, key=lambda i: lengths[i])
-    out, batch = [], []
-    for i in order:
-        if batch and (len(batch) + 1) * lengths[i] > batch_tokens:
-            out.append(batch)
-            batch = []
-        batch.append(i)
-    return out + ([batch] if batch else [])
-
-
 def outputs(net: TowerHead, source, idx: Sequence[int] | None = None, *, batch_tokens: int = 8192,
             what: str = "logits") -> np.ndarray:
     """Logits (or ``what="pre"``: the MLP's pre-activations) for rows ``idx`` (all by default), in order."""
     idx = list(range(len(source.lengths))) if idx is None else list(idx)
     where = {i: k for k, i in enumerate(idx)}
     out = None
-    for b in _chunks(source.lengths, idx, batch_tokens):
+    for b in length_batches(source.lengths, idx, batch_tokens):
         h, n, s = source.batch(b)
         y = np.array(net(h, n, s) if what == "logits" else net.pre(h, n, s))
         if out is None:
