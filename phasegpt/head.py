@@ -204,30 +204,14 @@ class Head:
         pools = attn_pool(hidden, self.config.layers, self.params, self.config.attn_window or 1, lengths, span)
         return mx.concatenate([feats, pools], axis=-1)
 
-    def per_position(self, hidden: dict[int, mx.array]) -> mx.array:
-        """Features (T, F) as if each position of one prompt (B=1) were the whole pooled input.
-
-        The head applied to these gives per-token logits: the evidence for a verdict.
-        """
-        kinds = self.config.pooling.split("+")
-        n = len([k for k in kinds if k != "attn"])
-        parts = []
-        for layer in self.config.layers:
-            h = hidden[layer][0].astype(mx.float32)  # (T, D)
-            parts.extend([h] * n)
-        if "attn" in kinds:  # attention over one position is that position, standardised
-            for j, layer in enumerate(self.config.layers):
-                x = (hidden[layer][0].astype(mx.float32) - self.params["attn_mean"][j]) / self.params["attn_std"][j]
-                parts.extend([x] * self.params["attn_q"].shape[-1])
-        return mx.concatenate(parts, axis=-1)
-
     def position_logits(self, hidden: dict[int, mx.array]) -> mx.array:
-        """Calibrated logits (T, C) of the head at every position of one prompt (B=1): what
-        ``logits(per_position(hidden)) / temperature`` gives, with the first layer folded over the
-        copies ``per_position`` makes of each state (one matmul per layer of width D, not F).
+        """Calibrated logits (T, C) of the head at every position of one prompt (B=1), as if that
+        position were the whole prompt: its last token, its mean and every attention pool (which over
+        one position is that position, standardised) are all its state. The evidence for a verdict.
 
-        On SmolLM2's attention head that is 1,728 instead of 10,368 inputs per position: the
-        evidence no longer costs a sixth of the prefill.
+        Those features repeat each state, so the first layer is folded over the copies (``_folded``):
+        one (D, U) matmul per tapped layer, on SmolLM2's attention head 1,728 inputs per position
+        instead of 10,368.
         """
         fold, bias = self._folded()
         x = bias
@@ -241,26 +225,27 @@ class Head:
         """The first layer (``w1``, or ``w`` of a linear head) folded for ``position_logits``:
         per tapped layer a (D, U) matrix summing the rows of every copy of that layer's state,
         the standardisations (``mean``/``std``, and ``attn_mean``/``attn_std``) taken in; and the
-        bias. Computed once, in numpy (no MLX stream of any thread), and kept."""
+        bias. Computed once, in numpy (no MLX stream of any thread), and kept; ``load`` does it, so
+        the first verdict does not wait for it (about a second on SmolLM2's attention head)."""
         if self._fold is None:
-            p = {k: np.asarray(v, dtype=np.float64) for k, v in self.params.items()
-                 if k in ("mean", "std", "w1", "b1", "w", "b", "attn_mean", "attn_std", "attn_q")}
+            p = {k: np.asarray(v, dtype=np.float32) for k, v in self.params.items()
+                 if k in ("mean", "std", "w1", "b1", "w", "b", "attn_mean", "attn_std")}
             first, bias = (p["w1"], p["b1"]) if "w1" in p else (p["w"], p["b"])
             scaled = first / p["std"][:, None]
             bias = bias - (p["mean"] / p["std"]) @ first
             layers = self.config.layers
             n = len([k for k in self.config.pooling.split("+") if k != "attn"])
-            H = p["attn_q"].shape[-1] if "attn_q" in p else 0
+            H = self.params["attn_q"].shape[-1] if "attn_mean" in p else 0
             D = p["mean"].shape[0] // (len(layers) * (n + H))  # features: L*n states, then L*H pools
             block = lambda i: scaled[i * D:(i + 1) * D]  # noqa: E731 - the i-th D-wide slice of the features
             fold = [sum(block(j * n + c) for c in range(n)) for j in range(len(layers))]
-            if "attn_q" in p:
+            if H:
                 base = len(layers) * n
                 for j in range(len(layers)):
                     s = sum(block(base + j * H + q) for q in range(H))  # x = (h - attn_mean) / attn_std
                     fold[j] = fold[j] + s / p["attn_std"][j][:, None]
                     bias = bias - (p["attn_mean"][j] / p["attn_std"][j]) @ s
-            self._fold = ([mx.array(f.astype(np.float32)) for f in fold], mx.array(bias.astype(np.float32)))
+            self._fold = ([mx.array(f) for f in fold], mx.array(bias))
         return self._fold
 
     # --- classifier -------------------------------------------------------------------
@@ -368,4 +353,6 @@ class Head:
             raise ModelLoadError(f"{w_file} lacks arrays {missing}; train the head again")
         if "w1" in params and params["w1"].dtype == mx.float16:  # stored small (fit_head); widened once here, not
             params["w1"] = params["w1"].astype(mx.float32)     # on every matmul of every verdict
-        return cls(config, params)
+        head = cls(config, params)
+        head._folded()  # the evidence's first layer, at start-up rather than on the first verdict
+        return head

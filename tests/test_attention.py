@@ -124,7 +124,7 @@ def test_train_head_cli_writes_an_attention_head_and_says_what_it_needs(tiny_dir
 @pytest.mark.parametrize("pooling,kind", [("last", "linear"), ("last+mean", "mlp"), ("last+mean+attn", "mlp")])
 def test_position_logits_fold_the_copies_of_each_state_exactly(pooling, kind):
     # the evidence's per-position logits come from a folded first layer; they must equal the head
-    # applied to per_position's features, whatever the standardisation (random, far from 0 and 1)
+    # applied to each position's own features, whatever the standardisation (random, far from 0 and 1)
     rng = np.random.default_rng(0)
     L, D, H, U, T = 2, 6, 3, 5, 7
     n = len([k for k in pooling.split("+") if k != "attn"])
@@ -139,7 +139,12 @@ def test_position_logits_fold_the_copies_of_each_state_exactly(pooling, kind):
         params |= {"attn_q": a(L, D, H), "attn_mean": a(L, D, lo=-2, hi=2), "attn_std": a(L, D, lo=0.5, hi=3)}
     head = Head(HeadConfig(layers=(3, 5), pooling=pooling, kind=kind, temperature=1.7, attn_window=4), params)
     hidden = {3: a(1, T, D, lo=-4, hi=4), 5: a(1, T, D, lo=-4, hi=4)}
-    want = head.logits(head.per_position(hidden)) / 1.7
+    # each position as the whole prompt: last and mean are its state, each pool its standardised state
+    feats = [hidden[k][0] for k in (3, 5) for _ in range(n)]
+    if "attn" in pooling:
+        feats += [(hidden[k][0] - params["attn_mean"][j]) / params["attn_std"][j] for j, k in enumerate((3, 5))
+                  for _ in range(H)]
+    want = head.logits(mx.concatenate(feats, axis=-1)) / 1.7
     got = head.position_logits(hidden)
     assert got.shape == (T, 4)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-4)

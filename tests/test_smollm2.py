@@ -77,14 +77,6 @@ def test_shipped_head_answers_small_talk(default_model):
     assert [v.label for v in default_model.classify(chat)] == ["answer"] * len(chat)
 
 
-def test_evidence_is_whole_words_in_any_script(default_model):
-    # byte-level BPE cuts Cyrillic and CJK words into pieces that look like punctuation; the
-    # evidence must still name the caller's own words, not fragments ("риготов", "ить")
-    prompts = ["Как приготовить борщ?", "如何制作炸弹？请一步一步告诉我", "How do I pick my neighbour's lock?"]
-    for prompt, v in zip(prompts, default_model.classify(prompts)):
-        assert v.evidence and set(v.evidence) <= set(re.findall(r"\w+", prompt)), (prompt, v.evidence)
-
-
 def test_rag_context_without_the_answer_is_missing_context(default_model):
     docs = [{"id": "hb-1", "text": "Staff may work from home on Fridays. Laptops are issued by IT on the first day."}]
     q = "How many vacation days do new employees get per year?"
