@@ -235,7 +235,7 @@ class Head:
             bias = bias - (p["mean"] / p["std"]) @ first
             layers = self.config.layers
             n = len([k for k in self.config.pooling.split("+") if k != "attn"])
-            H = self.params["attn_q"].shape[-1] if "attn_mean" in p else 0
+            H = self.params["attn_q"].shape[-1] if "attn_q" in self.params else 0  # queries per layer
             D = p["mean"].shape[0] // (len(layers) * (n + H))  # features: L*n states, then L*H pools
             block = lambda i: scaled[i * D:(i + 1) * D]  # noqa: E731 - the i-th D-wide slice of the features
             fold = [sum(block(j * n + c) for c in range(n)) for j in range(len(layers))]
