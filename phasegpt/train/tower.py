@@ -46,7 +46,6 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 from phasegpt.head import TOWER_PREFIX, Head, HeadConfig, pool
 from phasegpt.paths import user_dir
 from phasegpt.tower import ALL_KEYS, Tower, TowerConfig
-from phasegpt.train.states import length_batches
 from phasegpt.train.fit_head import (
     OOD_ROWS,
     FitConfig,
@@ -59,6 +58,7 @@ from phasegpt.train.fit_head import (
     ood_statistic,
     tune_thresholds,
 )
+from phasegpt.train.states import length_batches
 from phasegpt.verdict import LABELS
 
 CHECKPOINT_EVERY = 300.0  # seconds between resumable checkpoints
