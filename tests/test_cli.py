@@ -111,6 +111,21 @@ def test_train_head_then_eval(tiny_dir, tmp_path):
     assert (tmp_path / "report" / "report.md").is_file()
 
 
+def test_train_head_seed_does_not_move_the_dev_rows(tiny_dir, tmp_path):
+    from phasegpt.train.data import read_jsonl, split
+    rows = [{"prompt": json.loads(line)["prompt"], "label": json.loads(line)["label"]}  # no split: the stable 20%
+            for line in _write_data(tmp_path / "split.jsonl").read_text().splitlines()[:48]]
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert len(split(read_jsonl(data), seed=0)[1]) != len(split(read_jsonl(data), seed=1)[1])  # seeds would differ
+    n_dev = set()
+    for seed in (0, 1):
+        r = invoke("train-head", "--model", tiny_dir, "-d", data, "--seed", str(seed), "-o", tmp_path / f"h{seed}")
+        assert r.exit_code == 0, r.output
+        n_dev.add(json.loads((tmp_path / f"h{seed}" / "head.json").read_text())["metrics"]["n_dev"])
+    assert n_dev == {len(split(read_jsonl(data))[1])}
+
+
 def test_train_head_members_set_the_mlp_width(tiny_dir, tmp_path):
     import mlx.core as mx
     data = _write_data(tmp_path / "data.jsonl")

@@ -42,7 +42,9 @@ def _examples(paths: tuple[Path, ...]):
 @click.option("--kind", default="linear", show_default=True, type=click.Choice(["linear", "mlp", "tower"]),
               help="linear: softmax regression solved with L-BFGS; mlp: one hidden layer of 256; tower: the next "
                    "--depth blocks after --tap run again with LoRA, trained jointly with an MLP.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True,
+              help="Initialisation and batch order (mlp: members use consecutive seeds). The dev split and --cap "
+              "do not move with it, so heads of different seeds are compared on the same rows.")
 @click.option("--batch-size", default=16, show_default=True,
               help="Prompts per forward pass of one CPU stream in feature extraction (similar lengths together).")
 @click.option("--cap", type=int, help="At most N training/dev rows per (source, category, label, split), chosen by hash.")
@@ -92,7 +94,7 @@ def train_head(model_, adapter, head, dtype, data, out, layers, candidates, pool
 
     examples = [e for e in _examples(data) if e.split != "test"]  # never read test rows into training
     if cap:
-        examples = cap_rows(examples, cap, seed=seed)
+        examples = cap_rows(examples, cap)  # the rows do not move with --seed
     model = load_model(model_, adapter, None, dtype)
     record = {"data": [str(p) for p in data], "command": command_line()}
     if kind == "tower":
@@ -190,7 +192,7 @@ def train_adapter(model_, adapter, head, dtype, data, out, style, iters, rank, n
     examples, too_long = fitting(model, examples)
     if too_long:
         click.echo(f"skipped {len(too_long)} examples longer than the model's context", err=True)
-    train, dev = split(examples, seed=seed)
+    train, dev = split(examples)  # the same dev rows whatever --seed
 
     def records(xs):
         return [{"prompt": e.prompt, "label": e.label, "context": e.context, **e.extra} for e in xs]

@@ -45,11 +45,15 @@ def base_identity(model: Any, training: dict[str, Any]) -> dict[str, Any]:
             "training": training}
 
 
-def prepare_splits(model: Any, examples: Sequence[Example], dev: Sequence[Example] | None, seed: int,
+def prepare_splits(model: Any, examples: Sequence[Example], dev: Sequence[Example] | None,
                    max_tokens: int | None, log) -> tuple[list[Example], list[Example], int]:
-    """Train and dev rows (``split`` fields, else a stable 20% dev) that fit; and how many were skipped."""
+    """Train and dev rows (``split`` fields, else a stable 20% dev) that fit; and how many were skipped.
+
+    The stable 20% does not move with the fit's seed: heads fitted with different seeds are tuned
+    and compared on the same dev rows, so their difference is the seed's alone.
+    """
     if dev is None:
-        train, dev = split(list(examples), seed=seed)
+        train, dev = split(list(examples))
     else:
         train = [e for e in examples if e.split != "test"]
     (train, long_train), (dev, long_dev) = fitting(model, train, max_tokens), fitting(model, dev, max_tokens)
@@ -111,7 +115,7 @@ def train_head(model: Any, examples: Sequence[Example], out: str | Path, *, dev:
     """
     w = world()
     log = (lambda s: print(s, file=sys.stderr)) if progress and w.rank == 0 else (lambda s: None)
-    train, dev, skipped = prepare_splits(model, examples, dev, fit.seed, max_tokens, log)
+    train, dev, skipped = prepare_splits(model, examples, dev, max_tokens, log)
     n = num_layers(model.loaded.model)
     cands = list(candidates) if candidates is not None else default_candidates(n)
     if fit.layers is not None:  # fixed layers are model layer numbers
@@ -195,7 +199,7 @@ def train_tower_head(model: Any, examples: Sequence[Example], out: str | Path, *
     if states not in STATES:
         raise ValueError(f"states must be one of {', '.join(STATES)}, got {states!r}")
     log = (lambda s: print(s, file=sys.stderr)) if progress else (lambda s: None)
-    train, dev, skipped = prepare_splits(model, examples, dev, fit.seed, max_tokens, log)
+    train, dev, skipped = prepare_splits(model, examples, dev, max_tokens, log)
     trials = [TowerFit(**{**asdict(fit), **trial}) for trial in sweep]
     n = num_layers(model.loaded.model)
     for candidate in trials or [fit]:
