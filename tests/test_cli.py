@@ -113,8 +113,8 @@ def test_train_head_then_eval(tiny_dir, tmp_path):
 
 def test_train_head_seed_does_not_move_the_dev_rows(tiny_dir, tmp_path):
     from phasegpt.train.data import read_jsonl, split
-    rows = [{"prompt": json.loads(line)["prompt"], "label": json.loads(line)["label"]}  # no split: the stable 20%
-            for line in _write_data(tmp_path / "split.jsonl").read_text().splitlines()[:48]]
+    rows = [{"prompt": r["prompt"], "label": r["label"]}  # no split: the stable 20%
+            for r in map(json.loads, _write_data(tmp_path / "split.jsonl").read_text().splitlines()[:48])]
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert len(split(read_jsonl(data), seed=0)[1]) != len(split(read_jsonl(data), seed=1)[1])  # seeds would differ
