@@ -12,6 +12,11 @@ ood       = Mahalanobis distance of the features' projection (the MLP's pre-acti
 label     = argmax(probs' - thresholds)            (per-class offsets, 0 = plain argmax;
             probs' = probs moved towards ``ood_prior`` as ood grows past 1)
 
+A head may hold several fits (``fits`` > 1, made by ``phasegpt merge-heads``): each fit's arrays
+stacked on a leading axis, each with its own attention queries and standardisation; the logits
+and OOD distances are the mean over the fits (each fit's temperature and OOD percentile folded
+into its arrays), then calibrated and thresholded on dev as one head.
+
 A head is a folder artifact: ``head.safetensors`` (arrays, a tower's LoRA arrays among
 them) beside ``head.json`` (everything else, including the base model's name and
 fingerprint and the SHA-256 of the weights file). Loading a head onto another base model
@@ -42,6 +47,33 @@ TOWER_PREFIX = "tower."  # names of a tower's LoRA arrays in head.safetensors
 # "answer", because refusing what one cannot read is the failure users notice first.
 OOD_PRIOR = {"safety": 0.1, "epistemic": 0.1, "missing_context": 0.1, "answer": 0.7}
 
+# A merged head's first layers are stored 8-bit (mx.quantize over groups of 64 inputs): four fits of
+# SmolLM2's attention head take 106 MB so, not 212 MB in float16. Head.load widens them again.
+W1_GROUP, W1_BITS = 64, 8
+
+
+def quantize_w1(params: dict[str, Any]) -> dict[str, Any]:
+    """``w1`` (..., F, U) as ``w1`` (packed, along F), ``w1_scales`` and ``w1_biases``; in float16
+    when F is not a multiple of the group. ``widen`` undoes it."""
+    w = mx.array(params["w1"]).astype(mx.float16)
+    if w.shape[-2] % W1_GROUP:
+        return {**params, "w1": w}
+    q, scales, biases = mx.quantize(w.swapaxes(-1, -2), group_size=W1_GROUP, bits=W1_BITS)
+    return {**params, "w1": q, "w1_scales": scales, "w1_biases": biases}
+
+
+def widen(params: dict[str, Any]) -> dict[str, Any]:
+    """Arrays as stored (``quantize_w1``; ``w1`` and ``ood_whiten`` in float16) as used: float32,
+    widened once at load rather than on every matmul of every verdict."""
+    out = {k: v for k, v in params.items() if k not in ("w1_scales", "w1_biases")}
+    if "w1_scales" in params:
+        w = mx.dequantize(params["w1"], params["w1_scales"], params["w1_biases"], group_size=W1_GROUP, bits=W1_BITS)
+        out["w1"] = w.swapaxes(-1, -2)
+    for k in ("w1", "ood_whiten"):
+        if k in out and out[k].dtype == mx.float16:
+            out[k] = out[k].astype(mx.float32)
+    return out
+
 
 @dataclass(frozen=True)
 class HeadConfig:
@@ -64,6 +96,7 @@ class HeadConfig:
     ood_q99: float | None = None            # dev 99th percentile of the OOD distance (None: no OOD statistic)
     ood_prior: dict[str, float] = field(default_factory=lambda: dict(OOD_PRIOR))
     attn_window: int | None = None          # "+attn" pooling: how many of the prompt's last positions it attends over
+    fits: int = 1                           # fits stacked on the arrays' leading axis (1: arrays unstacked)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> HeadConfig:
@@ -120,12 +153,15 @@ def pool(hidden: dict[int, mx.array], layers: tuple[int, ...], pooling: str, len
 def attn_pool(hidden: dict[int, mx.array], layers: tuple[int, ...], arrays: dict[str, mx.array], window: int,
               lengths: mx.array, span: tuple[int, int] | mx.array) -> mx.array:
     """Attention pools (B, L*H*D) of right-padded prompts: for each layer, its states standardised
-    (``attn_mean``, ``attn_std``: (L, D)), scored by H learned queries (``attn_q``: (L, D, H)),
-    softmax over the prompt's positions from the user's turn on (``pre``) and among the last
-    ``window``, and the states averaged with those weights, one pool per query.
+    (``attn_mean``, ``attn_std``: (L, D)), scored by H learned queries (``attn_q``: (L, D, H)), softmax over the prompt's positions from the user's turn on
+    (``pre``) and among the last ``window``, and the states averaged with those weights, one pool
+    per query. With the arrays of G fits stacked ((G, L, D, H) and so on), the pools (G, B, L*H*D).
 
     The pools see where in the prompt the signal is (a missing input, a harmful phrase) instead of
     only its last token and its mean; the queries are trained with the head (train.attention).
+    Written without a standardised copy of the states: a query's scores on ``(h - mean) / std``
+    are ``h @ (q / std)`` up to a constant (which the softmax drops), and the weights sum to one,
+    so the pool of the standardised states is the standardised pool.
     """
     pre = span[:, 0:1] if isinstance(span, mx.array) else span[0]
     T = next(iter(hidden.values())).shape[1]
@@ -133,13 +169,21 @@ def attn_pool(hidden: dict[int, mx.array], layers: tuple[int, ...], arrays: dict
     n = lengths[:, None]
     keep = (pos >= pre) & (pos < n) & (pos >= n - window)
     keep = keep | (pos == n - 1)  # at least the last token
+    stacked = arrays["attn_q"].ndim == 4
+    if not stacked:
+        arrays = {k: arrays[k][None] for k in ("attn_q", "attn_mean", "attn_std")}
+    G, _, D, H = arrays["attn_q"].shape
     parts = []
     for j, layer in enumerate(layers):
-        x = (hidden[layer].astype(mx.float32) - arrays["attn_mean"][j]) / arrays["attn_std"][j]  # (B, T, D)
-        scores = mx.where(keep[:, :, None], x @ arrays["attn_q"][j], -1e9)  # (B, T, H)
-        w = mx.softmax(scores, axis=1)
-        parts.append((w.transpose(0, 2, 1) @ x).reshape(x.shape[0], -1))  # (B, H*D)
-    return mx.concatenate(parts, axis=-1)
+        h = hidden[layer].astype(mx.float32)  # (B, T, D)
+        mean, std = arrays["attn_mean"][:, j], arrays["attn_std"][:, j]  # (G, D)
+        q = (arrays["attn_q"][:, j] / std[:, :, None]).transpose(1, 0, 2).reshape(D, G * H)
+        scores = mx.where(keep[:, :, None], h @ q, -1e9)  # (B, T, G*H)
+        w = mx.softmax(scores, axis=1).reshape(h.shape[0], T, G, H).transpose(2, 0, 3, 1)  # (G, B, H, T)
+        pooled = (w @ h[None] - mean[:, None, None]) / std[:, None, None]  # (G, B, H, D)
+        parts.append(pooled.reshape(G, h.shape[0], H * D))
+    out = mx.concatenate(parts, axis=-1)
+    return out if stacked else out[0]
 
 
 class Head:
@@ -155,8 +199,14 @@ class Head:
             raise ValueError(f"unknown pooling {config.pooling!r}; choose one of {POOLINGS}")
         if config.kind not in KINDS:
             raise ValueError(f"unknown head kind {config.kind!r}; choose one of {KINDS}")
+        if config.fits > 1 and config.kind == "tower":
+            raise ValueError("a tower head holds one fit; merge linear or mlp heads only")
         self.config = config
-        self.params = params
+        self.params = params  # as stored: unstacked when ``fits`` is 1
+        # what the maths reads: every array with the fits' leading axis (a view when there is one fit)
+        self._p = params if config.fits > 1 else \
+            {k: v if k.startswith(TOWER_PREFIX) else v[None] for k, v in params.items()}
+        mx.eval(self._p)  # evaluated here: a lazy view would belong to this thread's stream, and verdicts run on others
         self.tower: Any = None
         self._fold: tuple[list[mx.array], mx.array] | None = None  # position_logits' first layer
 
@@ -197,12 +247,13 @@ class Head:
         return {layer: self.tower(hidden[layer])}
 
     def pool(self, hidden: dict[int, mx.array], lengths: mx.array, span: tuple[int, int] | mx.array) -> mx.array:
-        """Pooled features (B, F) for this head's layers and pooling (see ``pool`` and ``attn_pool``)."""
+        """Pooled features for this head's layers and pooling (see ``pool`` and ``attn_pool``): (B, F),
+        or (G, B, F) with attention pools, which differ between the G fits."""
         feats = pool(hidden, self.config.layers, self.config.pooling, lengths, span)
         if not self.config.pooling.endswith("+attn"):
             return feats
-        pools = attn_pool(hidden, self.config.layers, self.params, self.config.attn_window or 1, lengths, span)
-        return mx.concatenate([feats, pools], axis=-1)
+        pools = attn_pool(hidden, self.config.layers, self._p, self.config.attn_window or 1, lengths, span)
+        return mx.concatenate([mx.broadcast_to(feats[None], (pools.shape[0], *feats.shape)), pools], axis=-1)
 
     def position_logits(self, hidden: dict[int, mx.array]) -> mx.array:
         """Calibrated logits (T, C) of the head at every position of one prompt (B=1), as if that
@@ -213,49 +264,69 @@ class Head:
         one (D, U) matmul per tapped layer, on SmolLM2's attention head 1,728 inputs per position
         instead of 10,368.
         """
-        fold, bias = self._folded()
+        fold, bias, out = self._folded()
         x = bias
         for j, layer in enumerate(self.config.layers):
             x = x + hidden[layer][0].astype(mx.float32) @ fold[j]  # (T, D) @ (D, U)
-        if "w1" in self.params:
-            x = mx.maximum(x, 0) @ self.params["w"] + self.params["b"]
+        if out is not None:
+            x = mx.maximum(x, 0) @ out[0] + out[1]
         return x.astype(mx.float32) / self.config.temperature
 
-    def _folded(self) -> tuple[list[mx.array], mx.array]:
+    def _folded(self) -> tuple[list[mx.array], mx.array, tuple[mx.array, mx.array] | None]:
         """The first layer (``w1``, or ``w`` of a linear head) folded for ``position_logits``:
         per tapped layer a (D, U) matrix summing the rows of every copy of that layer's state,
-        the standardisations (``mean``/``std``, and ``attn_mean``/``attn_std``) taken in; and the
-        bias. Computed once, in numpy (no MLX stream of any thread), and kept; ``load`` does it, so
-        the first verdict does not wait for it (about a second on SmolLM2's attention head)."""
+        the standardisations (``mean``/``std``, and ``attn_mean``/``attn_std``) taken in; the bias;
+        and an MLP's output layer. Several fits are one wider MLP here (their hidden units side by
+        side, their output weights averaged), or one linear map (their weights averaged).
+        Computed once, in numpy (no MLX stream of any thread), and kept; ``load`` does it, so the
+        first verdict does not wait for it (about a second on SmolLM2's attention head)."""
         if self._fold is None:
-            p = {k: np.asarray(v, dtype=np.float32) for k, v in self.params.items()
-                 if k in ("mean", "std", "w1", "b1", "w", "b", "attn_mean", "attn_std")}
-            first, bias = (p["w1"], p["b1"]) if "w1" in p else (p["w"], p["b"])
-            scaled = first / p["std"][:, None]
-            bias = bias - (p["mean"] / p["std"]) @ first
-            layers = self.config.layers
-            n = len([k for k in self.config.pooling.split("+") if k != "attn"])
-            H = self.params["attn_q"].shape[-1] if "attn_q" in self.params else 0  # queries per layer
-            D = p["mean"].shape[0] // (len(layers) * (n + H))  # features: L*n states, then L*H pools
-            block = lambda i: scaled[i * D:(i + 1) * D]  # noqa: E731 - the i-th D-wide slice of the features
-            fold = [sum(block(j * n + c) for c in range(n)) for j in range(len(layers))]
-            if H:
-                base = len(layers) * n
-                for j in range(len(layers)):
-                    s = sum(block(base + j * H + q) for q in range(H))  # x = (h - attn_mean) / attn_std
-                    fold[j] = fold[j] + s / p["attn_std"][j][:, None]
-                    bias = bias - (p["attn_mean"][j] / p["attn_std"][j]) @ s
-            self._fold = ([mx.array(f) for f in fold], mx.array(bias))
+            folds, biases = [], []
+            for g in range(self.config.fits):
+                p = {k: np.asarray(v[g], dtype=np.float32) for k, v in self._p.items()
+                     if k in ("mean", "std", "w1", "b1", "w", "b", "attn_mean", "attn_std")}
+                fold, bias = self._fold_one(p)
+                folds.append(fold)
+                biases.append(bias)
+            G = self.config.fits
+            if "w1" in self._p:  # hidden units side by side; the output layer averages the fits
+                fold = [np.concatenate([f[j] for f in folds], axis=1) for j in range(len(folds[0]))]
+                bias = np.concatenate(biases)
+                w = np.concatenate([np.asarray(v, np.float32) for v in self._p["w"]]) / G
+                out = (mx.array(w), mx.array(np.asarray(self._p["b"], np.float32).mean(axis=0)))
+            else:
+                fold = [sum(f[j] for f in folds) / G for j in range(len(folds[0]))]
+                bias, out = sum(biases) / G, None
+            self._fold = ([mx.array(f) for f in fold], mx.array(bias), out)
         return self._fold
+
+    def _fold_one(self, p: dict[str, np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
+        """``_folded``'s first layer of one fit (numpy arrays of that fit)."""
+        first, bias = (p["w1"], p["b1"]) if "w1" in p else (p["w"], p["b"])
+        scaled = first / p["std"][:, None]
+        bias = bias - (p["mean"] / p["std"]) @ first
+        layers = self.config.layers
+        n = len([k for k in self.config.pooling.split("+") if k != "attn"])
+        H = self._p["attn_q"].shape[-1] if "attn_q" in self._p else 0  # queries per layer
+        D = p["mean"].shape[0] // (len(layers) * (n + H))  # features: L*n states, then L*H pools
+        block = lambda i: scaled[i * D:(i + 1) * D]  # noqa: E731 - the i-th D-wide slice of the features
+        fold = [sum(block(j * n + c) for c in range(n)) for j in range(len(layers))]
+        if H:
+            base = len(layers) * n
+            for j in range(len(layers)):
+                s = sum(block(base + j * H + q) for q in range(H))  # x = (h - attn_mean) / attn_std
+                fold[j] = fold[j] + s / p["attn_std"][j][:, None]
+                bias = bias - (p["attn_mean"][j] / p["attn_std"][j]) @ s
+        return fold, bias
 
     # --- classifier -------------------------------------------------------------------
     def logits(self, feats: mx.array) -> mx.array:
-        """Raw logits (B, C) for features (B, F)."""
-        p = self.params
-        x = (feats - p["mean"]) / p["std"]
+        """Raw logits (B, C) for features (B, F) or (G, B, F): the mean over the fits."""
+        p = self._p
+        x = (feats - p["mean"][:, None]) / p["std"][:, None]  # (G, B, F)
         if "w1" in p:
-            x = mx.maximum(x @ p["w1"] + p["b1"], 0)
-        return (x @ p["w"] + p["b"]).astype(mx.float32)  # float32 whatever the stored dtype: verdicts go through numpy
+            x = mx.maximum(x @ p["w1"] + p["b1"][:, None], 0)
+        return (x @ p["w"] + p["b"][:, None]).mean(axis=0).astype(mx.float32)  # float32 whatever the stored dtype: verdicts go through numpy
 
     def probs(self, feats: mx.array) -> mx.array:
         """Calibrated probabilities (B, C)."""
@@ -266,11 +337,11 @@ class Head:
         when the head carries no OOD statistic (heads trained before it existed)."""
         if self.config.ood_q99 is None:
             return None
-        p = self.params
-        x = (feats - p["mean"]) / p["std"]
-        u = x @ p["w1"] + p["b1"] if "w1" in p else x @ p["ood_proj"]  # (B, k)
-        d = (u - p["ood_mean"]) @ p["ood_whiten"]
-        return (mx.sqrt((d * d).sum(axis=-1)) / self.config.ood_q99).astype(mx.float32)
+        p = self._p
+        x = (feats - p["mean"][:, None]) / p["std"][:, None]  # (G, B, F)
+        u = x @ p["w1"] + p["b1"][:, None] if "w1" in p else x @ p["ood_proj"]  # (G, B, k)
+        d = (u - p["ood_mean"][:, None]) @ p["ood_whiten"]
+        return (mx.sqrt((d * d).sum(axis=-1)).mean(axis=0) / self.config.ood_q99).astype(mx.float32)
 
     def adjust(self, probs: np.ndarray, ood: np.ndarray | None) -> np.ndarray:
         """Probabilities moved towards ``ood_prior`` as the OOD score grows from 1 to 2 (numpy)."""
@@ -351,8 +422,11 @@ class Head:
             required |= {"ood_mean", "ood_whiten"} | (set() if "w1" in params else {"ood_proj"})
         if missing := sorted(required - set(params)):
             raise ModelLoadError(f"{w_file} lacks arrays {missing}; train the head again")
-        if "w1" in params and params["w1"].dtype == mx.float16:  # stored small (fit_head); widened once here, not
-            params["w1"] = params["w1"].astype(mx.float32)     # on every matmul of every verdict
+        if config.fits > 1 and (odd := sorted(k for k, v in params.items()
+                                              if not k.startswith(TOWER_PREFIX) and (v.ndim < 2 or v.shape[0] != config.fits))):
+            raise ModelLoadError(f"{w_file}: arrays {odd} do not hold the {config.fits} fits {cfg_file} names; "
+                                 "merge the heads again with `phasegpt merge-heads`")
+        params = widen(params)  # stored small (fit_head, merge-heads)
         head = cls(config, params)
         head._folded()  # the evidence's first layer, at start-up rather than on the first verdict
         return head

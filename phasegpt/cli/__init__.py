@@ -53,9 +53,9 @@ def _attach() -> None:
     from phasegpt.cli.inspect import inspect
     from phasegpt.cli.run import classify, doctor, run
     from phasegpt.cli.serve import serve
-    from phasegpt.cli.train import eval_, train_adapter, train_head
+    from phasegpt.cli.train import eval_, merge_heads, train_adapter, train_head
 
-    for cmd in (run, classify, serve, train_head, train_adapter, eval_, audit, doctor, inspect):
+    for cmd in (run, classify, serve, train_head, merge_heads, train_adapter, eval_, audit, doctor, inspect):
         cli.add_command(cmd)
 
 

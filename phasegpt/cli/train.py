@@ -1,4 +1,4 @@
-"""CLI commands for the train -> evaluate half of the pipeline: train-head, train-adapter, eval."""
+"""CLI commands for the train -> evaluate half of the pipeline: train-head, merge-heads, train-adapter, eval."""
 
 from __future__ import annotations
 
@@ -124,6 +124,50 @@ def train_head(model_, adapter, head, dtype, data, out, layers, candidates, pool
         return
     m = h.config.metrics
     click.echo(f"wrote {out}: layers {list(h.config.layers)}, {h.config.pooling}, "
+               f"dev macro-F1 {m['dev_macro_f1']:.3f}, accuracy {m['dev_accuracy']:.3f}")
+
+
+@click.command("merge-heads")
+@model_options
+@click.argument("heads", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--data", "-d", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help=DATA_HELP + " Its dev rows calibrate the merged head.")
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False, path_type=Path), help="Head folder to write.")
+@click.option("--max-tokens", type=int, help="Skip dev prompts longer than this many tokens (as the heads were fitted).")
+@click.option("--batch-size", default=16, show_default=True, help="Prompts per forward pass for dev states not cached yet.")
+@click.option("--members", type=click.IntRange(1, 32),
+              help="mlp: keep the first N MLPs of each kind (last+mean; with the pools) of every fit, so the merged "
+              "head costs less per verdict (default: all); their OOD statistic is estimated again on the train rows.")
+def merge_heads(model_, adapter, head, dtype, heads, data, out, max_tokens, batch_size, members):
+    """Merge heads fitted apart (other seeds, other data) into one head that averages them.
+
+    The heads must read the same features: same base model, layers, pooling and kind (linear or
+    mlp). Each keeps its own attention queries; the merged head's temperature, OOD percentile and
+    thresholds are fitted on the dev rows of --data.
+
+    \b
+    Example:
+      phasegpt merge-heads heads/seed0 heads/seed100 -d ../shared/data/eval.jsonl \\
+          -d phasegpt/data/prompts.jsonl --max-tokens 1024 --members 2 -o heads/merged
+    """
+    from phasegpt.head import Head
+    from phasegpt.train.merge import merge_heads as run
+
+    if head is not None:
+        raise click.UsageError("merge-heads reads the heads it is given as arguments; drop --head")
+    if len(heads) < 2:
+        raise click.UsageError("name at least two head folders to merge")
+    loaded = [Head.load(h) for h in heads]
+    examples = [e for e in _examples(data) if e.split != "test"]  # never read test rows
+    model = load_model(model_, adapter, None, dtype)
+    record = {"data": [str(p) for p in data], "heads": [str(h) for h in heads], "command": command_line()}
+    try:
+        h = run(model, loaded, examples, out, max_tokens=max_tokens, batch_size=batch_size, training=record,
+                members=members)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    m = h.config.metrics
+    click.echo(f"wrote {out}: {h.config.fits} fits, layers {list(h.config.layers)}, {h.config.pooling}, "
                f"dev macro-F1 {m['dev_macro_f1']:.3f}, accuracy {m['dev_accuracy']:.3f}")
 
 

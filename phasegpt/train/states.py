@@ -208,12 +208,29 @@ def head_probs(head, cache: StateCache, examples: Sequence, *, batch_tokens: int
         cache: the state cache of the head's base model.
         examples: rows whose states are cached.
     """
+    logits, ood = head_outputs(head, cache, examples, batch_tokens=batch_tokens)
+    s = logits / head.config.temperature
+    p = np.exp(s - s.max(axis=1, keepdims=True))
+    return head.adjust(p / p.sum(axis=1, keepdims=True), ood), ood
+
+
+def head_outputs(head, cache: StateCache, examples: Sequence, *, batch_tokens: int = 8192) -> tuple[np.ndarray, np.ndarray | None]:
+    """A head's raw logits (N, C) (before its temperature) and OOD scores (N,) or None, from cached states."""
+    logits = np.zeros((len(examples), len(head.config.labels)))
+    ood = np.zeros(len(examples)) if head.config.ood_q99 is not None else None
+    for idx, feats in head_features(head, cache, examples, batch_tokens=batch_tokens):
+        logits[idx] = np.array(head.logits(feats), dtype=np.float64)
+        if ood is not None:
+            ood[idx] = np.array(head.ood(feats), dtype=np.float64)
+    return logits, ood
+
+
+def head_features(head, cache: StateCache, examples: Sequence, *, batch_tokens: int = 8192):
+    """``(row indices, head.pool features)`` of cached rows, batch by batch (rows of similar length together)."""
     layers = list(head.config.layers)
     if missing := sorted(set(layers) - set(cache.layers)):
         raise ValueError(f"the cache holds layers {cache.layers}, the head reads {missing} too; extract them first")
     rows = [cache.rows[e.key] for e in examples]
-    probs = np.zeros((len(rows), len(head.config.labels)))
-    ood = np.zeros(len(rows)) if head.config.ood_q99 is not None else None
     for idx in length_batches([r[1] for r in rows], batch_tokens=batch_tokens):
         width = max(rows[i][1] for i in idx)
         hidden = {}
@@ -225,14 +242,7 @@ def head_probs(head, cache: StateCache, examples: Sequence, *, batch_tokens: int
             hidden[layer] = mx.array(x).astype(mx.float32)
         lengths = mx.array([rows[i][1] for i in idx])
         spans = mx.array([[rows[i][2], rows[i][3]] for i in idx])
-        feats = head.pool(head.states(hidden), lengths, spans)
-        p, o = head.probs(feats), head.ood(feats)
-        p = np.array(p, dtype=np.float64)
-        o = None if o is None else np.array(o, dtype=np.float64)
-        probs[idx] = head.adjust(p, o)
-        if ood is not None:
-            ood[idx] = o
-    return probs, ood
+        yield idx, head.pool(head.states(hidden), lengths, spans)
 
 
 def pooled_features(cache: StateCache, examples: Sequence, layers: Sequence[int]) -> np.ndarray:
